@@ -1,0 +1,139 @@
+"""``encoder: ssm`` -- bidirectional S4 blocks over ESPnet's convolutional subsampling.
+
+    feats -> Conv2dSubsampling -> N x [ (1/2 FF) -> bi-S4 -> (conv module) -> (1/2) FF ] -> LayerNorm
+
+Padding never leaks: every sequence-mixing step (S4, depthwise convolution)
+zeroes padded frames first, and the subsampling is unpadded convolution, so an
+utterance gives the same output alone and padded inside a batch.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
+from espnet.nets.pytorch_backend.transformer.subsampling import (
+    Conv2dSubsampling,
+    Conv2dSubsampling2,
+    Conv2dSubsampling6,
+    Conv2dSubsampling8,
+)
+
+from s4speech.nn import FeedForward, StrictLoadMixin
+from s4speech.ssm.layer import SSMLayer
+
+SUBSAMPLING = {
+    "conv2d": Conv2dSubsampling,
+    "conv2d2": Conv2dSubsampling2,
+    "conv2d6": Conv2dSubsampling6,
+    "conv2d8": Conv2dSubsampling8,
+}
+
+
+class ConvModule(nn.Module):
+    """Conformer-style: pointwise -> GLU -> depthwise (masked) -> LayerNorm -> SiLU -> pointwise."""
+
+    def __init__(self, d: int, kernel_size: int):
+        super().__init__()
+        assert kernel_size % 2 == 1, "conv kernel size must be odd"
+        self.pw1 = nn.Conv1d(d, 2 * d, 1)
+        self.dw = nn.Conv1d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
+        self.norm = nn.LayerNorm(d)
+        self.pw2 = nn.Conv1d(d, d, 1)
+
+    def forward(self, x, mask):
+        """x: (B, T, d), mask: (B, T) True on valid frames."""
+        x = F.glu(self.pw1(x.transpose(1, 2)), dim=1)
+        x = self.dw(x.masked_fill(~mask[:, None], 0.0))
+        x = F.silu(self.norm(x.transpose(1, 2)))
+        return self.pw2(x.transpose(1, 2)).transpose(1, 2)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, d, d_ff, dropout, macaron, conv_kernel, **ssm_kw):
+        super().__init__()
+        self.ff1 = FeedForward(d, d_ff, dropout) if macaron else None
+        self.ssm = SSMLayer(d, bidirectional=True, dropout=dropout, **ssm_kw)
+        self.conv = ConvModule(d, conv_kernel) if conv_kernel else None
+        self.ff2 = FeedForward(d, d_ff, dropout)
+        n_norms = 2 + (self.ff1 is not None) + (self.conv is not None) + (self.ff1 is not None)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_norms))
+        self.dropout = nn.Dropout(dropout)
+        self.ff_scale = 0.5 if macaron else 1.0
+
+    def forward(self, x, mask):
+        norms = iter(self.norms)
+        if self.ff1 is not None:
+            x = x + self.ff_scale * self.dropout(self.ff1(next(norms)(x)))
+        x = x + self.dropout(self.ssm(next(norms)(x), mask))
+        if self.conv is not None:
+            x = x + self.dropout(self.conv(next(norms)(x), mask))
+        x = x + self.ff_scale * self.dropout(self.ff2(next(norms)(x)))
+        if self.ff1 is not None:
+            x = next(norms)(x)  # final norm of a macaron block
+        return x
+
+
+class SSMEncoder(StrictLoadMixin, AbsEncoder):
+    """S4 encoder.
+
+    Args:
+        input_size: feature dimension.
+        output_size: model width.
+        linear_units, num_blocks, dropout_rate: as ESPnet's Conformer encoder.
+        input_layer: conv2d (1/4), conv2d2, conv2d6, conv2d8.
+        macaron_style: two half feed-forwards around the S4 layer.
+        cnn_module_kernel: kernel of the convolution module; 0 disables it.
+        d_state, kernel, dt_min, dt_max, ssm_lr, s4d_init: as ``decoder: ssm``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int = 256,
+        linear_units: int = 1024,
+        num_blocks: int = 6,
+        dropout_rate: float = 0.1,
+        input_layer: str = "conv2d",
+        macaron_style: bool = True,
+        cnn_module_kernel: int = 15,
+        d_state: int = 64,
+        kernel: str = "s4",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        ssm_lr: float | None = None,
+        s4d_init: str = "lin",
+    ):
+        super().__init__()
+        if input_layer not in SUBSAMPLING:
+            raise ValueError(f"input_layer {input_layer!r} not in {sorted(SUBSAMPLING)}")
+        self._output_size = output_size
+        # no positional encoding: the S4 layers see positions themselves
+        self.embed = SUBSAMPLING[input_layer](input_size, output_size, dropout_rate, nn.Identity())
+        self.encoders = nn.ModuleList(
+            EncoderBlock(
+                output_size, linear_units, dropout_rate, macaron_style, cnn_module_kernel,
+                d_state=d_state, kernel=kernel, dt_min=dt_min, dt_max=dt_max,
+                ssm_lr=ssm_lr, s4d_init=s4d_init,
+            )
+            for _ in range(num_blocks)
+        )
+        self.after_norm = nn.LayerNorm(output_size)
+
+    def output_size(self) -> int:
+        return self._output_size
+
+    def forward(
+        self, xs_pad: torch.Tensor, ilens: torch.Tensor, prev_states: torch.Tensor = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """xs_pad: (B, T, input_size) -> (B, T', output_size), olens, None."""
+        masks = (~make_pad_mask(ilens)[:, None, :]).to(xs_pad.device)
+        xs, masks = self.embed(xs_pad, masks)
+        mask = masks[:, 0]  # (B, T')
+        for blk in self.encoders:
+            xs = blk(xs, mask)
+        xs = self.after_norm(xs)
+        return xs, mask.sum(1), None

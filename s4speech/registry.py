@@ -1,0 +1,70 @@
+"""Register s4speech's classes in ESPnet's task choices under the key ``ssm``.
+
+ESPnet's task modules take ~10 s to import, so ``import s4speech`` does not
+import them: it registers at once into task modules already imported, and
+installs an import hook that registers right after a task module is first
+imported. Registration is idempotent and never replaces one of ESPnet's keys.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import sys
+
+KEY = "ssm"
+
+# task module -> {choices attribute: "module:Class"}
+COMPONENTS = {
+    "espnet2.tasks.asr": {
+        "encoder_choices": "s4speech.asr.encoder:SSMEncoder",
+        "decoder_choices": "s4speech.asr.decoder:SSMDecoder",
+    },
+}
+
+
+def _load(path: str):
+    mod, cls = path.split(":")
+    return getattr(importlib.import_module(mod), cls)
+
+
+def register_task(module) -> None:
+    for attr, path in COMPONENTS[module.__name__].items():
+        choices = getattr(module, attr)
+        current = choices.classes.get(KEY)
+        cls = _load(path)
+        if current is None:
+            choices.classes[KEY] = cls
+        elif current is not cls and current.__qualname__ != cls.__qualname__:
+            raise RuntimeError(f"{module.__name__}.{attr} already has a different '{KEY}': {current}")
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Wraps the loader of ESPnet's task modules to register right after they execute."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in COMPONENTS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                self._inner = spec.loader
+                spec.loader = self
+                return spec
+        return None
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        self._inner.exec_module(module)
+        register_task(module)
+
+
+def install() -> None:
+    for name in COMPONENTS:
+        if name in sys.modules:
+            register_task(sys.modules[name])
+    if not any(isinstance(f, _RegisterAfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterImport())
