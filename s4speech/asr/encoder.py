@@ -130,10 +130,14 @@ class SSMEncoder(StrictLoadMixin, AbsEncoder):
         self, xs_pad: torch.Tensor, ilens: torch.Tensor, prev_states: torch.Tensor = None
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """xs_pad: (B, T, input_size) -> (B, T', output_size), olens, None."""
-        masks = (~make_pad_mask(ilens)[:, None, :]).to(xs_pad.device)
-        xs, masks = self.embed(xs_pad, masks)
-        mask = masks[:, 0]  # (B, T')
+        xs, _ = self.embed(xs_pad, None)
+        # exact output lengths (ESPnet's subsampled mask can count frames computed from padding)
+        olens = ilens.to(xs.device)
+        for m in self.embed.conv:
+            if isinstance(m, nn.Conv2d):
+                olens = (olens - m.kernel_size[0]) // m.stride[0] + 1
+        mask = ~make_pad_mask(olens, maxlen=xs.shape[1]).to(xs.device)  # (B, T') True = valid
         for blk in self.encoders:
             xs = blk(xs, mask)
         xs = self.after_norm(xs)
-        return xs, mask.sum(1), None
+        return xs, olens, None
