@@ -18,6 +18,7 @@ setup(
         "matplotlib>=3.7",
         "numpy",
         "pyyaml",
+        "tensorboard",  # ESPnet's trainer imports it (not declared by ESPnet)
     ],
     extras_require={"dev": ["pytest>=8"]},
     entry_points={"console_scripts": ["s4speech=s4speech.cli:main"]},

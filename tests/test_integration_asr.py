@@ -1,0 +1,117 @@
+"""End to end through ESPnet on real audio (mini AN4): format, tokens, stats, train two systems
+(S4 decoder and ESPnet's Transformer decoder, same encoder), decode with beam 4, score."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from s4speech.data import Utterance, read_table, write_kaldi_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [ROOT / "conf/demo/asr_ssm.yaml", ROOT / "conf/demo/asr_transformer.yaml"]
+
+
+def an4_utts(an4: Path, split: str, copies: int = 1):
+    utts = []
+    for line in (an4 / "etc" / f"an4_{split}.transcription").read_text().splitlines():
+        m = re.match(r"(?:<s> )?(.*?)(?: </s>)? \((\S+)-(\S+)-(\S+)\)$", line.strip())
+        text, prefix, spk, suffix = m.groups()
+        wav = next((an4 / "wav").glob(f"*/{spk}/{prefix}-{spk}-{suffix}.sph"))
+        for c in range(copies):
+            utts.append(Utterance(f"{spk}-{prefix}-{suffix}-c{c}", spk, str(wav), text.lower()))
+    return utts
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory, shared_data):
+    work = tmp_path_factory.mktemp("an4")
+    an4 = shared_data / "mini_an4"
+    write_kaldi_dir(work / "data/train", an4_utts(an4, "train", copies=8))
+    write_kaldi_dir(work / "data/dev", an4_utts(an4, "test", copies=2))
+    write_kaldi_dir(work / "data/test", an4_utts(an4, "test"))
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
+           "--datadir", "data", "--dumpdir", "dump", "--expdir", "exp", "--nj", "1",
+           "--inference_config", str(ROOT / "conf/demo/decode.yaml"),
+           "--train_args", "--max_epoch 3 --batch_bins 200000 --scheduler_conf warmup_steps=10 --specaug none"]
+    for c in CONFIGS:
+        cmd += ["--asr_config", str(c)]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return work, p
+
+
+def epoch_losses(log: Path):
+    return [float(m) for m in re.findall(r"\[train\].*?\bloss=([0-9.]+)", log.read_text())]
+
+
+@pytest.mark.parametrize("system", ["asr_asr_ssm", "asr_asr_transformer"])
+def test_trains_decodes_and_scores(recipe_run, system):
+    work, _ = recipe_run
+    exp = work / "exp" / system
+    assert (exp / "valid.acc.ave.pth").exists() and (exp / "config.yaml").exists()
+    losses = epoch_losses(exp / "train.log")
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    dec = exp / "decode_decode" / "test"
+    hyp = read_table(dec / "text")
+    assert set(hyp) == set(read_table(work / "dump/raw/test/text"))
+    res = json.loads((dec / "result.json").read_text())
+    assert res["wer"]["Snt"] == 2 and res["wer"]["Wrd"] > 0
+    assert 0.0 <= res["cer"]["Err"]  # a number, whatever 3 epochs on 5 prompts reach
+    log = (dec / "split" / "decode.1.log").read_text()
+    assert "beam_size: 4" in (ROOT / "conf/demo/decode.yaml").read_text()
+    assert "BatchBeamSearch implementation is selected" in log
+
+
+def test_ssm_decoder_is_in_the_trained_model(recipe_run):
+    work, _ = recipe_run
+    cfg = (work / "exp/asr_asr_ssm/config.yaml").read_text()
+    assert re.search(r"^decoder: ssm$", cfg, re.M)
+    sd = torch.load(work / "exp/asr_asr_ssm/valid.acc.ave.pth", map_location="cpu")
+    assert any(k.startswith("decoder.decoders.0.ssm.kernel.") for k in sd)
+
+
+def test_model_loads_in_a_fresh_process_through_espnet_speech2text(recipe_run):
+    work, _ = recipe_run
+    code = (
+        "import s4speech, soundfile as sf\n"
+        "from espnet2.bin.asr_inference import Speech2Text\n"
+        "s2t = Speech2Text('exp/asr_asr_ssm/config.yaml', 'exp/asr_asr_ssm/valid.acc.ave.pth', beam_size=3, ctc_weight=0.3, device='cpu')\n"
+        "p = open('dump/raw/test/wav.scp').readline().split()[1]\n"
+        "x, sr = sf.read(p)\n"
+        "print('HYP', repr(s2t(x)[0][0]))\n"
+        "print(type(s2t.asr_model.decoder).__module__)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "HYP" in p.stdout and "s4speech.asr.decoder" in p.stdout
+
+
+def test_mismatched_checkpoint_is_refused_by_name(recipe_run, tmp_path):
+    work, _ = recipe_run
+    sd = torch.load(work / "exp/asr_asr_ssm/valid.acc.ave.pth", map_location="cpu")
+    sd["decoder.decoders.0.ssm.bogus"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "bad.pth")
+    code = (
+        "import s4speech\nfrom espnet2.tasks.asr import ASRTask\n"
+        f"ASRTask.build_model_from_file('exp/asr_asr_ssm/config.yaml', {str(tmp_path / 'bad.pth')!r}, 'cpu')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "unexpected keys ['decoder.decoders.0.ssm.bogus']" in p.stderr
+
+
+def test_rerun_skips_finished_stages(recipe_run):
+    work, _ = recipe_run
+    before = (work / "exp/asr_asr_ssm/valid.acc.ave.pth").stat().st_mtime
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
+           "--inference_config", str(ROOT / "conf/demo/decode.yaml")]
+    for c in CONFIGS:
+        cmd += ["--asr_config", str(c)]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "already trained" in p.stderr
+    assert (work / "exp/asr_asr_ssm/valid.acc.ave.pth").stat().st_mtime == before

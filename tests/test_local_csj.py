@@ -1,0 +1,393 @@
+"""local/csj.py on a generated CSJ-layout corpus: Shift-JIS SDB files and lecture WAVs.
+
+The speech is synthesised from the Japanese transcripts with pyopenjtalk
+(package ``pyopenjtalk-plus``) when it is installed, else taken from
+mini_an4 recordings; the assertions hold either way (they use the times the
+fixture itself laid out).
+"""
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from local import csj
+from local.csj import normalize_words
+from s4speech.data import read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SR = 16000
+DEV_LECTURE = next(f"S02M{i:04d}" for i in range(1000) if csj.split_of(f"S02M{i:04d}") == "dev")
+
+try:
+    import pyopenjtalk
+except ImportError:  # pragma: no cover - exercised where pyopenjtalk-plus is not installed
+    pyopenjtalk = None
+
+_speech_cache: dict[str, np.ndarray] = {}
+
+
+def speech(text: str) -> np.ndarray:
+    """int16 16 kHz speech for ``text``, a multiple of 1 ms long."""
+    if text not in _speech_cache:
+        if pyopenjtalk is not None:
+            from scipy.signal import resample_poly
+
+            w, sr = pyopenjtalk.tts(text)
+            x = resample_poly(np.asarray(w, dtype=np.float64), SR, int(sr))
+            x = np.clip(np.round(x), -32768, 32767).astype(np.int16)
+        else:
+            sphs = sorted((SHARED / "mini_an4" / "wav").glob("*/*/*.sph"))
+            x, _ = sf.read(sphs[sum(map(ord, text)) % len(sphs)], dtype="int16")
+        pad = (-len(x)) % (SR // 1000)
+        _speech_cache[text] = np.concatenate([x, np.zeros(pad, np.int16)])
+    return _speech_cache[text]
+
+
+@dataclass
+class IPU:
+    words: list  # orthographic SDB forms, or (orthographic, katakana) pairs
+    say: str  # what is synthesised
+    gap: float  # pause before it, seconds (a multiple of 1 ms)
+    ch: str = "L"
+    start: float = 0.0
+    end: float = 0.0
+    extra: list = field(default_factory=list)  # raw lines inserted after the words
+
+
+def sdb_line(lecture, n, ipu_no, ipu, orth, kana):
+    time = f"{ipu_no:04d} {ipu.start:09.3f}-{ipu.end:09.3f} {ipu.ch}:-001-001"
+    plain = orth.strip("()<>")
+    cols = [lecture, f"{n:06d}", lecture, time, plain, orth, kana, plain, kana, plain, kana,
+            "名詞", "", "", "", "", ""]
+    assert len(cols) == 17
+    return "\t".join(cols)
+
+
+def build_lecture(corpus: Path, volume: str, lecture: str, ipus: list, encoding="cp932", wav=True):
+    """Write MORPH/SDB/<volume>/<lecture>.sdb and the WAV(s); fills in each IPU's start/end."""
+    t = 0.5
+    for ipu in ipus:
+        t = round(t + ipu.gap, 3)
+        ipu.start, ipu.end = t, round(t + len(speech(ipu.say)) / SR, 3)
+        t = ipu.end
+    total = int(round((t + 0.5) * SR))
+    channels = sorted({i.ch for i in ipus})
+    audio = {ch: np.zeros(total, np.int16) for ch in channels}
+    lines, n = [], 0
+    for k, ipu in enumerate(ipus, 1):
+        a = int(round(ipu.start * SR))
+        x = speech(ipu.say)
+        audio[ipu.ch][a:a + len(x)] = x
+        for w in ipu.words:
+            orth, kana = w if isinstance(w, tuple) else (w, w)
+            n += 1
+            lines.append(sdb_line(lecture, n, k, ipu, orth, kana))
+        lines.extend(ipu.extra)
+    sdb = corpus / "MORPH" / "SDB" / volume / f"{lecture}.sdb"
+    sdb.parent.mkdir(parents=True, exist_ok=True)
+    sdb.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
+    if wav:
+        wav_dir = corpus / "WAV" / volume
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        for ch in channels:
+            name = lecture if len(channels) == 1 else f"{lecture}-{ch}"
+            sf.write(wav_dir / f"{name}.wav", audio[ch], SR, subtype="PCM_16")
+    return audio
+
+
+def eval1_ipus():
+    return [
+        IPU(["(F えー)", "今日", "は", "音声", "認識", "の", "話", "を", "し", "ます"], "えー今日は音声認識の話をします", 0.0),
+        IPU(["(D こ)", "これ", "は", "<H>", "大切", "です"], "ここれは大切です", 0.2),
+        IPU(["(A エーアイ;ＡＩ)", "を", "使い", "ます<H>"], "エーアイを使います", 1.0),
+        IPU(["<笑>"], "ふふふ", 0.3),  # noise only: dropped
+        IPU(["(W ウー;ウーン)", "そう", "です", "ね"], "ウーそうですね", 0.3),
+        IPU(["(R ××)", "さん", "が"], "なになにさんが", 0.2),  # anonymised: dropped
+        IPU(["次", "に", "(F あの"], "次にあの", 0.2),  # a filler tag left open...
+        IPU(["ー)", "結果", "です"], "ー結果です", 0.8),  # ...closed in the next IPU: linked
+    ]
+
+
+def train_ipus():
+    ipus = [IPU(["表", "の", "機能", "を", "見", "ます"], "表の機能を見ます", 0.0),
+            IPU(["ソフト", "の", "能力", "です"], "ソフトの能力です", 0.1),
+            IPU(["声", "を", "出し", "ます"], "声を出します", 0.1),
+            IPU(["一・", "番", "目", "です"], "一番目です", 0.1),
+            IPU(["最後", "の", "文", "です"], "最後の文です", 0.1),
+            IPU(["これ", "は", "消え", "ます"], "これは消えます", 2.0)]
+    # a malformed line (too few columns) inside the last IPU: that IPU is skipped
+    ipus[-1].extra = ["A01F0055\t000099\tA01F0055"]
+    return ipus
+
+
+def dialogue_ipus():
+    return [IPU(["はい", "そう", "です"], "はいそうです", 0.0, "L"),
+            IPU(["そう", "です", "か"], "そうですか", 0.1, "R"),
+            IPU(["(F ええ)", "そうです"], "ええそうです", 0.1, "L")]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("csj") / "CSJ"
+    lect = {
+        "A01M0110": ("core", eval1_ipus()),
+        "A01F0055": ("core", train_ipus()),
+        DEV_LECTURE: ("noncore", [IPU(["開発", "用", "です"], "開発用です", 0.0),
+                                  IPU(["(F まあ)", "以上", "です"], "まあ以上です", 0.4)]),
+        "S05M0613": ("noncore", [IPU(["除外", "です"], "除外です", 0.0)]),
+        "D01F0002": ("noncore", dialogue_ipus()),
+        "A02M0004": ("noncore", [IPU(["ＥＵＣ", "で", "書か", "れ", "た", "講演"], "イーユーシーで書かれた講演", 0.0)]),
+        "A02M0001": ("core", [IPU(["音声", "なし"], "音声なし", 0.0)]),
+        "A02M0002": ("core", [IPU(["壊れ", "た", "音声"], "壊れた音声", 0.0)]),
+    }
+    audio = {}
+    for lecture, (vol, ipus) in lect.items():
+        audio[lecture] = build_lecture(root, vol, lecture, ipus, encoding="euc_jp" if lecture == "A02M0004" else "cp932",
+                                       wav=lecture != "A02M0001")
+    (root / "WAV" / "core" / "A02M0002.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # unreadable
+    (root / "MORPH" / "SDB" / "core" / "A02M0003.sdb").write_bytes(bytes(range(0x80, 0x100)) * 4)  # undecodable
+    sf.write(root / "WAV" / "core" / "A02M0003.wav", np.zeros(SR, np.int16), SR)
+    return root, lect, audio
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    root, lect, audio = corpus
+    data = tmp_path_factory.mktemp("csj_data")
+    handler = _Collect()
+    logging.getLogger("local.csj").addHandler(handler)
+    try:
+        counts = csj.prepare(root, data, sets=("train", "dev", "eval1"))
+    finally:
+        logging.getLogger("local.csj").removeHandler(handler)
+    return data, counts, handler.messages
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def check_kaldi_dir(d: Path):
+    wav, text, utt2spk, spk2utt = (read_table(d / n) for n in ("wav.scp", "text", "utt2spk", "spk2utt"))
+    segments = {u: v.split() for u, v in read_table(d / "segments").items()}
+    assert set(text) == set(utt2spk) == set(segments)
+    assert {rec for rec, _, _ in segments.values()} == set(wav)
+    inverse = {}
+    for utt, spk in utt2spk.items():
+        assert utt.startswith(spk + "_")
+        inverse.setdefault(spk, []).append(utt)
+    assert {s: u.split() for s, u in spk2utt.items()} == {s: sorted(u) for s, u in inverse.items()}
+    for utt, (rec, s, e) in segments.items():
+        info = sf.info(wav[rec])
+        assert 0 <= float(s) < float(e) <= info.frames / info.samplerate + 1e-3
+    return wav, text, utt2spk, segments
+
+
+def utt_id(spk, start, end):
+    return f"{spk}_{round(start * 1000):07d}_{round(end * 1000):07d}"
+
+
+def test_eval1_text_and_segmentation(corpus, prepared):
+    root, lect, _ = corpus
+    data, counts, _ = prepared
+    wav, text, utt2spk, segments = check_kaldi_dir(data / "eval1")
+    i = lect["A01M0110"][1]
+    want = {
+        utt_id("A01M0110", i[0].start, i[1].end): "えー今日は音声認識の話をしますここれは大切です",
+        utt_id("A01M0110", i[2].start, i[2].end): "ＡＩを使います",
+        utt_id("A01M0110", i[4].start, i[4].end): "ウーンそうですね",
+        utt_id("A01M0110", i[6].start, i[7].end): "次にあのー結果です",
+    }
+    assert text == want
+    assert counts["eval1"] == 4
+    assert set(utt2spk.values()) == {"A01M0110"}
+    assert list(wav.values()) == [str((root / "WAV" / "core" / "A01M0110.wav").resolve())]
+    for utt, (rec, s, e) in segments.items():
+        assert utt == utt_id("A01M0110", float(s), float(e))
+
+
+def test_splits(corpus, prepared):
+    root, lect, _ = corpus
+    data, counts, _ = prepared
+    spk = {name: set(read_table(data / name / "utt2spk").values()) for name in ("train", "dev", "eval1")}
+    assert spk == {"train": {"A01F0055", "D01F0002-L", "D01F0002-R", "A02M0004"},
+                   "dev": {DEV_LECTURE}, "eval1": {"A01M0110"}}
+    assert counts == {"train": 5, "dev": 1, "eval1": 4}
+    assert csj.split_of("S05M0613") == "excluded"
+    assert all(len(v) == 10 for v in csj.EVAL.values())
+    assert len({x for v in csj.EVAL.values() for x in v} | set(csj.EXCLUDED)) == 36
+    assert csj.EVAL["eval1"] == ("A01M0110", "A01M0137", "A01M0097", "A04M0123", "A04M0121",
+                                 "A04M0051", "A03M0156", "A03M0112", "A03M0106", "A05M0011")
+    assert not any(csj.split_of(x) in ("dev", "train") for v in csj.EVAL.values() for x in v)
+    # dev: fixed ~1 % of lecture ids
+    ids = [f"A{a:02d}{g}{n:04d}" for a in range(1, 12) for g in "MF" for n in range(200)]
+    frac = sum(csj.is_dev(x) for x in ids) / len(ids)
+    assert 0.005 < frac < 0.02
+
+
+def test_dev_merging_and_train_cap(corpus, prepared):
+    root, lect, _ = corpus
+    data, _, _ = prepared
+    d = lect[DEV_LECTURE][1]
+    _, text, _, _ = check_kaldi_dir(data / "dev")
+    assert text == {utt_id(DEV_LECTURE, d[0].start, d[1].end): "開発用ですまあ以上です"}
+    wav, text, utt2spk, segments = check_kaldi_dir(data / "train")
+    t = lect["A01F0055"][1]
+    a = {u: v for u, v in text.items() if u.startswith("A01F0055")}
+    # 0.1 s pauses, all within 20 s: one utterance; the last IPU holds a malformed line
+    assert a == {utt_id("A01F0055", t[0].start, t[4].end): "表の機能を見ますソフトの能力です声を出します一番目です最後の文です"}
+    assert text[utt_id("A02M0004", *[lect["A02M0004"][1][0].start, lect["A02M0004"][1][0].end])] == "ＥＵＣで書かれた講演"
+
+
+def test_max_duration_cap(corpus, tmp_path):
+    root, lect, _ = corpus
+    t = lect["A01F0055"][1]
+    cap = t[2].end - t[0].start + 0.01  # three IPUs fit, four do not
+    utts = csj.prepare_lecture(root, root / "MORPH/SDB/core/A01F0055.sdb", max_duration=cap)
+    assert [(u.start, u.end) for u in utts] == [(t[0].start, t[2].end), (t[3].start, t[4].end)]
+    assert [u.text for u in utts] == ["表の機能を見ますソフトの能力です声を出します", "一番目です最後の文です"]
+    # max_gap: 0.1 s pauses are not merged below 0.1
+    utts = csj.prepare_lecture(root, root / "MORPH/SDB/core/A01F0055.sdb", max_gap=0.05)
+    assert len(utts) == 5
+    assert all(u.end - u.start <= cap for u in utts)
+
+
+def test_dialogue_channels(corpus, prepared):
+    root, lect, _ = corpus
+    data, _, _ = prepared
+    wav, text, utt2spk, segments = check_kaldi_dir(data / "train")
+    d = lect["D01F0002"][1]
+    got = {u: (utt2spk[u], text[u], Path(wav[segments[u][0]]).name) for u in text if u.startswith("D01F0002")}
+    assert d[2].start - d[0].end > 0.5  # L's two IPUs are farther apart than max_gap (R spoke between)
+    assert got == {
+        utt_id("D01F0002-L", d[0].start, d[0].end): ("D01F0002-L", "はいそうです", "D01F0002-L.wav"),
+        utt_id("D01F0002-R", d[1].start, d[1].end): ("D01F0002-R", "そうですか", "D01F0002-R.wav"),
+        utt_id("D01F0002-L", d[2].start, d[2].end): ("D01F0002-L", "ええそうです", "D01F0002-L.wav"),
+    }
+
+
+def test_bad_input_warnings(prepared):
+    _, _, msgs = prepared
+
+    def warned(*needles):
+        return any(all(n in m for n in needles) for m in msgs)
+
+    assert warned("A02M0001.sdb", "no WAV", "lecture skipped")
+    assert warned("A02M0002.wav", "unreadable audio")
+    assert warned("A02M0003.sdb", "not UTF-8, EUC-JP or Shift-JIS")
+    assert warned("A01F0055.sdb:", "malformed line")
+    assert not warned("A01M0110")  # nothing wrong with it
+
+
+def test_shift_jis_decoding():
+    text = "表示\t能力\tソフト\t(F えー)"  # 表, 能, ソ have 0x5C as second Shift-JIS byte
+    raw = text.encode("shift_jis")
+    assert b"\\" in raw
+    assert csj.decode_sdb(raw) == text
+    assert csj.decode_sdb(raw, "cp932") == text
+    assert csj.decode_sdb(text.encode("euc_jp")) == text
+    assert csj.decode_sdb(text.encode("utf-8")) == text
+    with pytest.raises(csj.SdbError):
+        csj.decode_sdb(b"\x82\xa0\xff\xfe")
+    with pytest.raises(csj.SdbError):
+        csj.decode_sdb(text.encode("utf-8"), "ascii")
+
+
+@pytest.mark.parametrize("words,want", [
+    (["(F えー)", "それ", "で"], "えーそれで"),
+    (["(D こ)", "これ"], "ここれ"),
+    (["<H>", "今日<Q>", "は", "<笑>", "<咳>", "<雑音>", "<P:00453.373-00454.013>"], "今日は"),
+    (["(A エー", "ディー;ＡＤ)", "変換"], "ＡＤ変換"),
+    (["(W ウー;ウーン)"], "ウーン"),
+    (["(M (F うーん)", "それ", "だっ", "たら)", "と"], "うーんそれだったらと"),
+    (["(? 行く,言う)"], "行く"),
+    (["(笑 そう)", "です"], "そうです"),
+    (["一・", "んーー", "ゎ", "ヮ"], "一んわワ"),
+    (["(R ××)", "さん"], "××さん"),
+])
+def test_normalize_words(words, want):
+    assert normalize_words(words) == want
+
+
+def test_normalize_words_errors_and_separator():
+    assert normalize_words(["(F えー)", "それ", "で"], " ") == "えー それ で"
+    for bad in (["(F えー"], ["えー)"], ["(えー)"]):
+        with pytest.raises(csj.SdbError):
+            normalize_words(bad)
+
+
+def test_kana_form(tmp_path):
+    build_lecture(tmp_path, "core", "A03M0099", [
+        IPU([("(F えー)", "(F エー)"), ("今日", "キョー"), ("は", "ワ"), ("(W 云う;言う)", "(W ユウ;イウ)")],
+            "えー今日は言う", 0.0)])
+    [u] = csj.prepare_lecture(tmp_path, tmp_path / "MORPH/SDB/core/A03M0099.sdb", form="kana")
+    assert u.text == "エーキョーワイウ"
+    [u] = csj.prepare_lecture(tmp_path, tmp_path / "MORPH/SDB/core/A03M0099.sdb")
+    assert u.text == "えー今日は言う"
+
+
+def test_duplicate_ids_are_errors(tmp_path):
+    build_lecture(tmp_path, "core", "A03M0098", [IPU(["同じ"], "同じ", 0.0)])
+    build_lecture(tmp_path, "noncore", "A03M0098", [IPU(["同じ"], "同じ", 0.0)])
+    with pytest.raises(ValueError, match="A03M0098"):
+        csj.find_lectures(tmp_path)
+    # two IPUs with the same times (not adjacent in the file) -> the same utterance id
+    other = tmp_path / "o"
+    ipus = [IPU(["一"], "いち", 0.0), IPU(["二"], "に", 2.0)]
+    build_lecture(other, "core", "A03M0097", ipus)
+    sdb = other / "MORPH/SDB/core/A03M0097.sdb"
+    lines = sdb.read_bytes().decode("cp932").splitlines()
+    sdb.write_bytes(("\r\n".join(lines + [lines[0].replace("一", "三")]) + "\r\n").encode("cp932"))
+    with pytest.raises(ValueError, match=utt_id("A03M0097", ipus[0].start, ipus[0].end)):
+        csj.prepare(other, other / "data", sets=("train",), max_gap=0.0)
+
+
+def test_long_form_by_lecture(corpus, prepared, tmp_path):
+    root, lect, audio = corpus
+    data, _, _ = prepared
+    wav_in, text_in, _, seg_in = check_kaldi_dir(data / "train")
+    counts = csj.long_form(data / "train", tmp_path / "train_long", durations=(2, 1000))
+    assert counts[1000] == 0
+    out = tmp_path / "train_long_2s"
+    wav, text, utt2spk, segments = read_table(out / "wav.scp"), read_table(out / "text"), \
+        read_table(out / "utt2spk"), None
+    assert not (out / "segments").exists()
+    lf_map = {k: v.split() for k, v in read_table(out / "long_form_map").items()}
+    assert set(lf_map) == set(text) and counts[2] == len(text) > 0
+    used = [s for v in lf_map.values() for s in v]
+    assert used == sorted(used) and len(used) == len(set(used))
+    for utt, sources in lf_map.items():
+        spk = utt2spk[utt]
+        assert all(s.startswith(spk + "_") for s in sources)  # one lecture/channel per recording
+        assert text[utt] == "".join(text_in[s] for s in sources)
+        x, sr = sf.read(wav[utt], dtype="int16")
+        assert sr == SR and len(x) >= 2 * SR
+        parts = []
+        for s in sources:
+            rec, a, b = seg_in[s]
+            y, _ = sf.read(wav_in[rec], dtype="int16")
+            parts.append(y[int(round(float(a) * SR)):int(round(float(b) * SR))])
+        assert np.array_equal(x, np.concatenate(parts))
+    # no lecture reaches 1000 s: that bucket is skipped
+    assert not Path(f"{tmp_path}/train_long_1000s").exists()
+
+
+def test_cli(corpus, tmp_path):
+    root, _, _ = corpus
+    r = subprocess.run([sys.executable, "-m", "local.csj", "--corpus_dir", str(root),
+                        "--data_dir", str(tmp_path / "data"), "--sets", "eval1", "dev"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["eval1", "4", "dev", "1"]
+    check_kaldi_dir(tmp_path / "data" / "eval1")
