@@ -20,6 +20,6 @@ setup(
         "pyyaml",
         "tensorboard",  # ESPnet's trainer imports it (not declared by ESPnet)
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={"dev": ["pytest>=8", "pyopenjtalk-plus"]},  # Japanese speech for the CSJ fixtures
     entry_points={"console_scripts": ["s4speech=s4speech.cli:main"]},
 )

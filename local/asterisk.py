@@ -130,7 +130,7 @@ def fetch(corpus_dir: str | Path) -> Path:
     run leaves no half tree behind). Idempotent. Raises RuntimeError, naming
     what failed, if the corpus cannot be had.
     """
-    corpus_dir = Path(corpus_dir)
+    corpus_dir = Path(corpus_dir).resolve()  # commands below run inside it
     if _is_tree(corpus_dir):
         return corpus_dir
     if _is_tree(SYSTEM_ROOT):

@@ -182,16 +182,6 @@ def _checked(text: str, enc: str) -> str:
 
 
 @dataclass
-class Word:
-    ipu: str
-    start: float
-    end: float
-    channel: str
-    text: str
-    line: int
-
-
-@dataclass
 class Ipu:
     ipu: str
     start: float

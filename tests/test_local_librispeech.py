@@ -118,6 +118,8 @@ def test_prepare_sets(corpus, tmp_path):
             assert Path(wav[utt]).name == f"{utt}.flac"
             x, sr = sf.read(wav[utt], dtype="int16")
             assert sr == 16000 and np.array_equal(x, samples)
+    # corpus_dir may also be the LibriSpeech directory itself
+    assert [u.utt_id for u in ls.prepare_part(root / "LibriSpeech", "dev-other")] == ["116-288045-0000", "116-288045-0001"]
     spk2utt = read_table(tmp_path / "data" / "dev" / "spk2utt")
     assert sorted(spk2utt) == ["116-288045", "1272-128104", "1272-135031"]
     assert spk2utt["1272-135031"].split() == ["1272-135031-0000", "1272-135031-0001"]

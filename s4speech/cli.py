@@ -1,0 +1,27 @@
+"""``s4speech`` command: one entry point, a sub-command per tool.
+
+    s4speech recipe ...      the ASR stage runner (python -m s4speech.recipe)
+"""
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "recipe": ("s4speech.recipe", "run a recipe's stages (data, train, decode, score, report)"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: s4speech COMMAND [options]\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:12s} {help_}")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    import importlib
+
+    return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
