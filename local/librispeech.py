@@ -295,13 +295,19 @@ def prepare_part(corpus_dir: str | Path, part: str, check_audio: bool = True) ->
 
 def prepare(corpus_dir: str | Path, data_dir: str | Path,
             sets: Sequence[str] = ("train_960", "dev", "test_clean", "test_other"),
-            check_audio: bool = True) -> dict[str, int]:
-    """Write ``data_dir/<set>`` for each set name in ``PARTS``; returns {set: utterance count}."""
+            check_audio: bool = True, download_missing: bool = True) -> dict[str, int]:
+    """Write ``data_dir/<set>`` for each set name in ``PARTS``; returns {set: utterance count}.
+
+    Parts missing under ``corpus_dir`` are downloaded first (``download_missing``).
+    """
+    unknown = [n for n in sets if n not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown data set {unknown[0]!r} (known: {', '.join(PARTS)})")
+    if download_missing:
+        download(corpus_dir, sorted({p for n in sets for p in PARTS[n]}))
     counts: dict[str, int] = {}
     cache: dict[str, list[Utterance]] = {}
     for name in sets:
-        if name not in PARTS:
-            raise ValueError(f"unknown data set {name!r} (known: {', '.join(PARTS)})")
         utts: list[Utterance] = []
         for part in PARTS[name]:
             if part not in cache:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -126,13 +128,26 @@ def mark_done(path: Path) -> None:
 
 # ---- stages --------------------------------------------------------------------------------
 def stage_data(r: Recipe) -> None:
+    """local/<corpus>.py provides prepare(corpus_dir, data_dir[, sets]) (downloading what it may) and,
+    for long-form sets named ``<set>_long_<N>s``, long_form(data/<set>, data/<set>_long, durations)."""
     sets = [r.train_set, r.valid_set] + r.all_test_sets()
     if all(done(r.datadir / s) for s in sets):
         return log.info("data: already prepared")
     sys.path.insert(0, str(REPO))
     mod = importlib.import_module(f"local.{r.corpus}")
-    counts = mod.prepare(r.corpus_dir, r.datadir)
+    long_from: dict[str, list[float]] = {}
+    for s in r.long_sets:
+        m = re.fullmatch(r"(.+)_long_(\d+(?:\.\d+)?)s", s)
+        if m:
+            long_from.setdefault(m.group(1), []).append(float(m.group(2)))
+    base = [s for s in sets if s not in r.long_sets] + [s for s in long_from if s not in sets]
+    if "sets" in inspect.signature(mod.prepare).parameters:
+        counts = mod.prepare(r.corpus_dir, r.datadir, sets=base)
+    else:
+        counts = mod.prepare(r.corpus_dir, r.datadir)
     log.info("data: %s", counts)
+    for src, durations in long_from.items():
+        mod.long_form(r.datadir / src, r.datadir / f"{src}_long", durations)
     for s in sets:
         if not (r.datadir / s / "wav.scp").exists():
             raise StageError(f"data preparation of {r.corpus} did not create {r.datadir / s}")
@@ -341,8 +356,12 @@ def model_file(sysdir: Path) -> Path:
     raise StageError(f"no trained model in {sysdir}")
 
 
+def decode_dir(r: Recipe, sysdir: Path, s: str) -> Path:
+    return sysdir / f"decode_{Path(r.inference_config).stem if r.inference_config else 'default'}" / s
+
+
 def decode_set(r: Recipe, sysdir: Path, s: str) -> Path:
-    out = sysdir / f"decode_{Path(r.inference_config).stem if r.inference_config else 'default'}" / s
+    out = decode_dir(r, sysdir, s)
     if done(out):
         return out
     d = r.dumpdir / "raw" / s
@@ -395,9 +414,10 @@ def stage_longform(r: Recipe) -> None:
         return log.info("long-form: no long-form test sets configured")
     from s4speech.scoring import plot_wer_vs_length
 
-    stage_decode(r, r.long_sets)
-    res = stage_score(r, r.long_sets)
-    plot_wer_vs_length(r, res, r.expdir / "longform_wer.png")
+    stage_score(r, r.long_sets)
+    runs = {r.system(c).name: [(r.dumpdir / "raw" / s, decode_dir(r, r.system(c), s)) for s in r.long_sets]
+            for c in r.asr_configs}
+    plot_wer_vs_length(runs, r.expdir / "longform_wer.png")
 
 
 def stage_report(r: Recipe) -> None:

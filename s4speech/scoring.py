@@ -58,33 +58,32 @@ def table(results: dict, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recording_seconds(dump_set: Path) -> dict[str, float]:
+def wer_vs_length(dump_set: Path, decode_dir: Path) -> list[tuple[float, float]]:
+    """(recording seconds, WER %) for each recording of a decoded long-form set."""
     import soundfile as sf
 
-    return {u: sf.info(p).duration for u, p in read_table(Path(dump_set) / "wav.scp").items()}
+    ref, hyp = read_table(Path(dump_set) / "text"), read_table(Path(decode_dir) / "text")
+    wav = read_table(Path(dump_set) / "wav.scp")
+    return sorted((sf.info(wav[u]).duration, score({u: ref[u]}, hyp)["wer"]["Err"]) for u in ref)
 
 
-def plot_wer_vs_length(r, results: dict, png: Path) -> Path:
-    """Long-form: WER against recording length, one line per system."""
+def plot_wer_vs_length(runs: dict[str, list[tuple[Path, Path]]], png: Path) -> Path:
+    """Long-form: WER of each recording against its length, one line per system.
+
+    runs: {system: [(dumped test set, its decode dir), ...]}.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    systems = sorted({sysname for sysname, _ in results})
-    for sysname in systems:
-        pts = []
-        for (name, s), res in results.items():
-            if name != sysname:
-                continue
-            secs = recording_seconds(r.dumpdir / "raw" / s)
-            pts.append((sum(secs.values()) / max(len(secs), 1), res["wer"]["Err"]))
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=sysname)
+    for name, sets in sorted(runs.items()):
+        pts = sorted(p for dump_set, dec in sets for p in wer_vs_length(dump_set, dec))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xlabel("recording length (s)")
     ax.set_ylabel("WER (%)")
-    ax.set_title("Long-form decoding")
+    ax.set_title("Long-form decoding (each recording decoded whole)")
     ax.grid(alpha=0.3)
     ax.legend()
     png.parent.mkdir(parents=True, exist_ok=True)

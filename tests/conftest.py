@@ -1,12 +1,17 @@
 import os
+import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+from s4speech.data import Utterance, write_kaldi_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+CONFIGS = [ROOT / "conf/demo/asr_ssm.yaml", ROOT / "conf/demo/asr_transformer.yaml"]
 sys.path.insert(0, str(ROOT))  # `local/` corpus preparation modules
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -16,3 +21,37 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 def shared_data() -> Path:
     assert SHARED.is_dir(), f"test data not found at {SHARED}"
     return SHARED
+
+
+def an4_utts(an4: Path, split: str, copies: int = 1):
+    utts = []
+    for line in (an4 / "etc" / f"an4_{split}.transcription").read_text().splitlines():
+        m = re.match(r"(?:<s> )?(.*?)(?: </s>)? \((\S+)-(\S+)-(\S+)\)$", line.strip())
+        text, prefix, spk, suffix = m.groups()
+        wav = next((an4 / "wav").glob(f"*/{spk}/{prefix}-{spk}-{suffix}.sph"))
+        for c in range(copies):
+            utts.append(Utterance(f"{spk}-{prefix}-{suffix}-c{c}", spk, str(wav), text.lower()))
+    return utts
+
+
+@pytest.fixture(scope="session")
+def asr_recipe_run(tmp_path_factory, shared_data):
+    """Tiny S4-decoder and Transformer-decoder systems trained and decoded through ESPnet on mini AN4.
+
+    Returns (work dir, completed process); models in work/exp/asr_asr_ssm and work/exp/asr_asr_transformer."""
+    work = tmp_path_factory.mktemp("an4")
+    an4 = shared_data / "mini_an4"
+    write_kaldi_dir(work / "data/train", an4_utts(an4, "train", copies=8))
+    write_kaldi_dir(work / "data/dev", an4_utts(an4, "test", copies=2))
+    write_kaldi_dir(work / "data/test", an4_utts(an4, "test"))
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
+           "--datadir", "data", "--dumpdir", "dump", "--expdir", "exp", "--nj", "1",
+           "--inference_config", str(ROOT / "conf/demo/decode.yaml"),
+           "--train_args", "--max_epoch 3 --batch_bins 200000 --scheduler_conf warmup_steps=10 --specaug none"]
+    for c in CONFIGS:
+        cmd += ["--asr_config", str(c)]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return work, p
+
+

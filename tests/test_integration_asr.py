@@ -9,39 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from s4speech.data import Utterance, read_table, write_kaldi_dir
+from s4speech.data import read_table
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "conf/demo/asr_ssm.yaml", ROOT / "conf/demo/asr_transformer.yaml"]
-
-
-def an4_utts(an4: Path, split: str, copies: int = 1):
-    utts = []
-    for line in (an4 / "etc" / f"an4_{split}.transcription").read_text().splitlines():
-        m = re.match(r"(?:<s> )?(.*?)(?: </s>)? \((\S+)-(\S+)-(\S+)\)$", line.strip())
-        text, prefix, spk, suffix = m.groups()
-        wav = next((an4 / "wav").glob(f"*/{spk}/{prefix}-{spk}-{suffix}.sph"))
-        for c in range(copies):
-            utts.append(Utterance(f"{spk}-{prefix}-{suffix}-c{c}", spk, str(wav), text.lower()))
-    return utts
-
-
-@pytest.fixture(scope="module")
-def recipe_run(tmp_path_factory, shared_data):
-    work = tmp_path_factory.mktemp("an4")
-    an4 = shared_data / "mini_an4"
-    write_kaldi_dir(work / "data/train", an4_utts(an4, "train", copies=8))
-    write_kaldi_dir(work / "data/dev", an4_utts(an4, "test", copies=2))
-    write_kaldi_dir(work / "data/test", an4_utts(an4, "test"))
-    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
-           "--datadir", "data", "--dumpdir", "dump", "--expdir", "exp", "--nj", "1",
-           "--inference_config", str(ROOT / "conf/demo/decode.yaml"),
-           "--train_args", "--max_epoch 3 --batch_bins 200000 --scheduler_conf warmup_steps=10 --specaug none"]
-    for c in CONFIGS:
-        cmd += ["--asr_config", str(c)]
-    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return work, p
+from conftest import CONFIGS, ROOT
 
 
 def epoch_losses(log: Path):
@@ -49,8 +19,8 @@ def epoch_losses(log: Path):
 
 
 @pytest.mark.parametrize("system", ["asr_asr_ssm", "asr_asr_transformer"])
-def test_trains_decodes_and_scores(recipe_run, system):
-    work, _ = recipe_run
+def test_trains_decodes_and_scores(asr_recipe_run, system):
+    work, _ = asr_recipe_run
     exp = work / "exp" / system
     assert (exp / "valid.acc.ave.pth").exists() and (exp / "config.yaml").exists()
     losses = epoch_losses(exp / "train.log")
@@ -66,16 +36,16 @@ def test_trains_decodes_and_scores(recipe_run, system):
     assert "BatchBeamSearch implementation is selected" in log
 
 
-def test_ssm_decoder_is_in_the_trained_model(recipe_run):
-    work, _ = recipe_run
+def test_ssm_decoder_is_in_the_trained_model(asr_recipe_run):
+    work, _ = asr_recipe_run
     cfg = (work / "exp/asr_asr_ssm/config.yaml").read_text()
     assert re.search(r"^decoder: ssm$", cfg, re.M)
     sd = torch.load(work / "exp/asr_asr_ssm/valid.acc.ave.pth", map_location="cpu")
     assert any(k.startswith("decoder.decoders.0.ssm.kernel.") for k in sd)
 
 
-def test_model_loads_in_a_fresh_process_through_espnet_speech2text(recipe_run):
-    work, _ = recipe_run
+def test_model_loads_in_a_fresh_process_through_espnet_speech2text(asr_recipe_run):
+    work, _ = asr_recipe_run
     code = (
         "import s4speech, soundfile as sf\n"
         "from espnet2.bin.asr_inference import Speech2Text\n"
@@ -90,8 +60,8 @@ def test_model_loads_in_a_fresh_process_through_espnet_speech2text(recipe_run):
     assert "HYP" in p.stdout and "s4speech.asr.decoder" in p.stdout
 
 
-def test_mismatched_checkpoint_is_refused_by_name(recipe_run, tmp_path):
-    work, _ = recipe_run
+def test_mismatched_checkpoint_is_refused_by_name(asr_recipe_run, tmp_path):
+    work, _ = asr_recipe_run
     sd = torch.load(work / "exp/asr_asr_ssm/valid.acc.ave.pth", map_location="cpu")
     sd["decoder.decoders.0.ssm.bogus"] = torch.zeros(1)
     torch.save(sd, tmp_path / "bad.pth")
@@ -104,8 +74,8 @@ def test_mismatched_checkpoint_is_refused_by_name(recipe_run, tmp_path):
     assert "unexpected keys ['decoder.decoders.0.ssm.bogus']" in p.stderr
 
 
-def test_rerun_skips_finished_stages(recipe_run):
-    work, _ = recipe_run
+def test_rerun_skips_finished_stages(asr_recipe_run):
+    work, _ = asr_recipe_run
     before = (work / "exp/asr_asr_ssm/valid.acc.ave.pth").stat().st_mtime
     cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
            "--inference_config", str(ROOT / "conf/demo/decode.yaml")]

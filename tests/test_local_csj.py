@@ -392,3 +392,20 @@ def test_cli(corpus, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["eval1", "4", "dev", "1"]
     check_kaldi_dir(tmp_path / "data" / "eval1")
+
+
+def test_recipe_runner_stage1_to_3(corpus, tmp_path):
+    """The CSJ recipe's runner: data preparation (with segments) and formatting into per-utterance WAVs."""
+    root, _, _ = corpus
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "csj", "--corpus_dir", str(root),
+           "--stage", "1", "--stop_stage", "3", "--train_set", "train", "--valid_set", "dev",
+           "--test_sets", "eval1", "--fs", "16000"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    seg = read_table(tmp_path / "data/eval1/segments")
+    dumped = read_table(tmp_path / "dump/raw/eval1/wav.scp")
+    assert set(dumped) == set(seg)
+    for utt, (rec, s, e) in ((u, v.split()) for u, v in seg.items()):
+        dur = sf.info(dumped[utt]).duration
+        assert abs(dur - (float(e) - float(s))) < 0.01
+    assert read_table(tmp_path / "dump/raw/eval1/text") == read_table(tmp_path / "data/eval1/text")

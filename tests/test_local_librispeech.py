@@ -312,3 +312,26 @@ def test_download_resumes_over_http(corpus, tmp_path, ignore_range):
     assert server.ranges == [f"bytes={half}-"]
     assert not list(tmp_path.glob("test-clean.tar.gz*"))
     assert len(ls.prepare_part(tmp_path, "test-clean")) == 7
+
+
+def test_recipe_runner_prepares_formats_and_builds_long_form(corpus, tmp_path):
+    """Stages 1-5 of the LibriSpeech recipe's runner on the generated layout (no download: parts exist)."""
+    root, _ = corpus
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "librispeech", "--corpus_dir", str(root),
+           "--stage", "1", "--stop_stage", "5", "--train_set", "train_100", "--valid_set", "dev",
+           "--test_sets", "test_clean", "--long_sets", "test_clean_long_5s", "--token_type", "unigram",
+           "--nbpe", "20", "--fs", "16000", "--min_sec", "0.1"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for s in ["train_100", "dev", "test_clean", "test_clean_long_5s"]:
+        assert (tmp_path / "data" / s / ".done").exists()
+        assert (tmp_path / "dump/raw" / s / "wav.scp").exists()
+    long_text = read_table(tmp_path / "dump/raw/test_clean_long_5s/text")
+    assert long_text and all(len(t.split()) > 1 for t in long_text.values())
+    tokens = (tmp_path / "data/token_list/unigram20/tokens.txt").read_text().split()
+    assert tokens[:2] == ["<blank>", "<unk>"] and tokens[-1] == "<sos/eos>" and len(tokens) > 10
+    # a re-run finds every stage complete and leaves the outputs alone
+    before = (tmp_path / "dump/raw/train_100/wav.scp").stat().st_mtime_ns
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "data: already prepared" in p.stderr
+    assert (tmp_path / "dump/raw/train_100/wav.scp").stat().st_mtime_ns == before

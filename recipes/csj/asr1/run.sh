@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# CSJ (licensed: give its root with --corpus_dir): Conformer + S4 decoder vs + Transformer decoder, characters, CER.
+set -euo pipefail
+cd "$(dirname "$0")"
+conf=../../../conf/csj
+exec "${PYTHON:-../../../.venv/bin/python}" -m s4speech.recipe --corpus csj \
+  --train_set train --valid_set dev --test_sets eval1 eval2 eval3 \
+  --long_sets eval1_long_30s eval1_long_60s eval1_long_120s eval1_long_300s \
+  --token_type char --speed_perturb_factors 0.9 1.0 1.1 --ngpu 1 --nj 8 \
+  --asr_config $conf/asr_conformer_ssm.yaml --asr_config $conf/asr_conformer_transformer.yaml \
+  --inference_config $conf/decode.yaml "$@"

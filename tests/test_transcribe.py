@@ -1,0 +1,3 @@
+def test_placeholder(asr_recipe_run):
+    work, _ = asr_recipe_run
+    print(work)
