@@ -215,3 +215,29 @@ def test_loading_a_mismatched_checkpoint_names_the_keys():
     with pytest.raises(RuntimeError, match=r"decoders\.1\.ff\.w1\.weight.*decoders\.0\.ssm\.kernel\.extra"):
         make_decoder().load_state_dict(sd, strict=False)
     make_decoder(seed=1).load_state_dict(dec.state_dict(), strict=False)  # a matching one loads
+
+
+def test_joint_ctc_and_lm_fusion_beam_searches_agree(trained_decoder):
+    """decoder: ssm inside ESPnet's full scorer set: CTC prefix scoring and an LM (shallow fusion)."""
+    from espnet2.asr.ctc import CTC
+    from espnet2.lm.seq_rnn_lm import SequentialRNNLM
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+    from espnet.nets.beam_search import BeamSearch
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+    from espnet.nets.scorers.length_bonus import LengthBonus
+
+    dec, x, _ = trained_decoder
+    torch.manual_seed(1)
+    ctc = CTC(V, D).eval()
+    lm = SequentialRNNLM(V, unit=16, nlayers=1).eval()
+    results = []
+    for cls in (BeamSearch, BatchBeamSearch):
+        scorers = {"decoder": dec, "ctc": CTCPrefixScorer(ctc, SOS), "lm": lm, "length_bonus": LengthBonus(V)}
+        weights = {"decoder": 0.7, "ctc": 0.3, "lm": 0.2, "length_bonus": 0.1}
+        bs = cls(scorers=scorers, weights=weights, beam_size=4, vocab_size=V, sos=SOS, eos=SOS,
+                 token_list=None, pre_beam_score_key="full")
+        with torch.no_grad():
+            hyps = bs(x, maxlenratio=2.0, minlenratio=0.0)
+        results.append([(h.yseq.tolist(), round(float(h.score), 3)) for h in hyps[:3]])
+    assert results[0] == results[1]
+    assert len(results[0]) >= 2
