@@ -417,7 +417,7 @@ def stage_longform(r: Recipe) -> None:
     stage_score(r, r.long_sets)
     runs = {r.system(c).name: [(r.dumpdir / "raw" / s, decode_dir(r, r.system(c), s)) for s in r.long_sets]
             for c in r.asr_configs}
-    plot_wer_vs_length(runs, r.expdir / "longform_wer.png")
+    plot_wer_vs_length(runs, Path("longform_wer.png"))  # beside RESULTS.md
 
 
 def stage_report(r: Recipe) -> None:

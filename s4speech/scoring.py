@@ -94,19 +94,29 @@ def plot_wer_vs_length(runs: dict[str, list[tuple[Path, Path]]], png: Path) -> P
     return png
 
 
-def write_report(r, results: dict, path: Path) -> Path:
-    """RESULTS.md: one WER and one CER table with a row per (system, test set)."""
+def cpu_model() -> str:
     import platform
 
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_report(r, results: dict, path: Path) -> Path:
+    """RESULTS.md: one WER and one CER table with a row per (system, test set)."""
     import torch
 
     rows = {f"{sysname} / {s}": res for (sysname, s), res in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
-    dev = "GPU: " + torch.cuda.get_device_name(0) if r.ngpu and torch.cuda.is_available() else f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    dev = "GPU: " + torch.cuda.get_device_name(0) if r.ngpu and torch.cuda.is_available() else f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
     parts = [f"# Results: {r.corpus}\n",
              f"Produced by `python -m s4speech.recipe --corpus {r.corpus} ...` (stage 11) on {dev}.\n",
              "Systems: " + ", ".join(f"`{c}`" for c in r.asr_configs) + (f"; decoding: `{r.inference_config}`" if r.inference_config else "") + "\n",
              "## WER\n", table(rows, "wer"), "## CER\n", table(rows, "cer")]
-    png = r.expdir / "longform_wer.png"
+    png = Path("longform_wer.png")
     if png.exists():
         parts += ["## Long-form\n", f"![WER vs recording length]({png})\n"]
     atomic_write(path, "\n".join(parts))

@@ -45,19 +45,26 @@ def test_ssm_decoder_is_in_the_trained_model(asr_recipe_run):
 
 
 def test_model_loads_in_a_fresh_process_through_espnet_speech2text(asr_recipe_run):
+    """ESPnet's own Speech2Text after `import s4speech`: batch_size 1 selects BatchBeamSearch,
+    batch_size 2 keeps the plain BeamSearch (score() per hypothesis); both give the same n-best."""
     work, _ = asr_recipe_run
     code = (
         "import s4speech, soundfile as sf\n"
         "from espnet2.bin.asr_inference import Speech2Text\n"
-        "s2t = Speech2Text('exp/asr_asr_ssm/config.yaml', 'exp/asr_asr_ssm/valid.acc.ave.pth', beam_size=3, ctc_weight=0.3, device='cpu')\n"
-        "p = open('dump/raw/test/wav.scp').readline().split()[1]\n"
-        "x, sr = sf.read(p)\n"
-        "print('HYP', repr(s2t(x)[0][0]))\n"
+        "for bs in (1, 2):\n"
+        "    s2t = Speech2Text('exp/asr_asr_ssm/config.yaml', 'exp/asr_asr_ssm/valid.acc.ave.pth', beam_size=3,\n"
+        "                      ctc_weight=0.3, nbest=3, batch_size=bs, device='cpu')\n"
+        "    p = open('dump/raw/test/wav.scp').readline().split()[1]\n"
+        "    x, sr = sf.read(p)\n"
+        "    print('NBEST', bs, type(s2t.beam_search).__name__, [(h[2], round(float(h[3].score), 4)) for h in s2t(x)])\n"
         "print(type(s2t.asr_model.decoder).__module__)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "HYP" in p.stdout and "s4speech.asr.decoder" in p.stdout
+    lines = [l.split(" ", 3) for l in p.stdout.splitlines() if l.startswith("NBEST")]
+    assert [l[2] for l in lines] == ["BatchBeamSearch", "BeamSearch"]
+    assert lines[0][3] == lines[1][3]
+    assert "s4speech.asr.decoder" in p.stdout
 
 
 def test_mismatched_checkpoint_is_refused_by_name(asr_recipe_run, tmp_path):
