@@ -204,7 +204,11 @@ def download(corpus_dir: str | Path, parts: Iterable[str] = ALL_PARTS, base_url:
         archive = corpus_dir / f"{part}.tar.gz"
         if not archive.exists():
             log.info("downloading %s/%s.tar.gz", base_url, part)
-            _fetch_resumable(f"{base_url}/{part}.tar.gz", archive)
+            try:
+                _fetch_resumable(f"{base_url}/{part}.tar.gz", archive)
+            except urllib.error.URLError as e:  # no network, DNS, HTTP error: one clear line
+                raise OSError(f"{base_url}/{part}.tar.gz: download failed ({getattr(e, 'reason', e)}); "
+                              f"put LibriSpeech/{part} under {corpus_dir} by hand or check the network") from e
         if part in sums:
             got = _md5(archive)
             if got != sums[part]:

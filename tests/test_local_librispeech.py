@@ -136,9 +136,17 @@ def test_part_names_match_espnet():
 def test_missing_part_and_unknown_set(corpus, tmp_path):
     root, _ = corpus
     with pytest.raises(FileNotFoundError, match="train-clean-360"):
-        ls.prepare(root, tmp_path / "data", sets=("train_960",))
+        ls.prepare(root, tmp_path / "data", sets=("train_960",), download_missing=False)
     with pytest.raises(ValueError, match="test_dirty"):
         ls.prepare(root, tmp_path / "data", sets=("test_dirty",))
+
+
+def test_unreachable_download_is_one_clear_error(corpus, tmp_path):
+    root, _ = corpus
+    # a file:// base URL with no archive behind it: fails like an unreachable mirror, without network
+    with pytest.raises(OSError, match=r"train-clean-360\.tar\.gz: download failed"):
+        ls.download(root, ["train-clean-360"], base_url=(tmp_path / "mirror").as_uri())
+    assert not (root / "train-clean-360.tar.gz").exists()
 
 
 def test_malformed_input_is_skipped_with_warnings(tmp_path, caplog):
