@@ -6,14 +6,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "swish": F.silu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "sqrelu": lambda x: F.relu(x) ** 2,
+    "identity": lambda x: x,
+}
+
+
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r} (expected one of {sorted(ACTIVATIONS)})")
         self.w1, self.w2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.act = ACTIVATIONS[activation]
 
     def forward(self, x):
-        return self.w2(self.dropout(F.gelu(self.w1(x))))
+        return self.w2(self.dropout(self.act(self.w1(x))))
 
 
 class CrossAttention(nn.Module):
@@ -51,6 +66,17 @@ class CrossAttention(nn.Module):
             )
         o = self.out(o.transpose(1, 2).reshape(B, L, -1))
         return (o, w) if return_weights else o
+
+    def step(self, x, k, v):
+        """One query per hypothesis, all attending to the same memory (no mask).
+
+        x: (n, d); k, v: (1, heads, T, dk) -> (n, d). The n hypotheses are the query positions of a
+        single attention call, so the shared keys/values are neither expanded nor copied.
+        """
+        n = x.shape[0]
+        q = self.q(x).view(n, self.h, self.dk).transpose(0, 1)[None]  # (1, heads, n, dk)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return self.out(o[0].transpose(0, 1).reshape(n, -1))
 
 
 class StrictLoadMixin:

@@ -23,25 +23,41 @@ from s4speech.ssm.layer import SSMLayer
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, d_model, d_memory, heads, d_ff, dropout, **ssm_kw):
+    def __init__(self, d_model, d_memory, heads, d_ff, dropout, ff_activation="gelu", normalize_before=True,
+                 **ssm_kw):
         super().__init__()
         self.ssm = SSMLayer(d_model, dropout=dropout, **ssm_kw)
         self.src_attn = CrossAttention(d_model, d_memory, heads, dropout)
-        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout, ff_activation)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
 
     def forward(self, x, k, v, mask):
         """Teacher forcing. x: (B, L, d)."""
+        if not self.normalize_before:  # post-norm: x = norm(x + f(x))
+            x = self.norm1(x + self.dropout(self.ssm(x)))
+            x = self.norm2(x + self.dropout(self.src_attn(x, k, v, mask)))
+            return self.norm3(x + self.dropout(self.ff(x)))
         x = x + self.dropout(self.ssm(self.norm1(x)))
         x = x + self.dropout(self.src_attn(self.norm2(x), k, v, mask))
         return x + self.dropout(self.ff(self.norm3(x)))
 
+    def _attend(self, x, k, v, mask):
+        if mask is None and k.shape[0] == 1:  # one memory shared by all hypotheses
+            return self.src_attn.step(x, k, v)
+        return self.src_attn(x[:, None], k, v, mask)[:, 0]
+
     def step(self, x, state, k, v, mask):
-        """One token. x: (B, d), state: (B, H, N)."""
+        """One token. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk)."""
+        if not self.normalize_before:
+            h, state = self.ssm.step(x, state)
+            x = self.norm1(x + h)
+            x = self.norm2(x + self._attend(x, k, v, mask))
+            return self.norm3(x + self.ff(x)), state
         h, state = self.ssm.step(self.norm1(x), state)
         x = x + h
-        x = x + self.src_attn(self.norm2(x)[:, None], k, v, mask)[:, 0]
+        x = x + self._attend(self.norm2(x), k, v, mask)
         return x + self.ff(self.norm3(x)), state
 
 
@@ -60,6 +76,11 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             ``exclude_weight_decay: true`` (ESPnet's optim groups), which also keeps
             them free of weight decay.
         s4d_init: ``lin`` or ``inv`` (S4D only).
+        n_ssm: S4 only: number of independent (A, B) copies shared by the d_model channels
+            (channel h uses copy h mod n_ssm); default: one per channel.
+        ff_activation: activation of the feed-forward module (gelu, relu, swish, tanh, ...).
+        normalize_before: pre-LayerNorm blocks and a final LayerNorm (default); ``false``:
+            post-LayerNorm blocks (x = LayerNorm(x + f(x))) and no final LayerNorm.
     """
 
     def __init__(
@@ -77,6 +98,9 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         dt_max: float = 1e-1,
         ssm_lr: float | None = None,
         s4d_init: str = "lin",
+        n_ssm: int | None = None,
+        ff_activation: str = "gelu",
+        normalize_before: bool = True,
     ):
         super().__init__()
         d = d_model or encoder_output_size
@@ -85,12 +109,13 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         self.decoders = nn.ModuleList(
             DecoderBlock(
                 d, encoder_output_size, attention_heads, linear_units, dropout_rate,
+                ff_activation=ff_activation, normalize_before=normalize_before,
                 d_state=d_state, kernel=kernel, dt_min=dt_min, dt_max=dt_max,
-                ssm_lr=ssm_lr, s4d_init=s4d_init,
+                ssm_lr=ssm_lr, s4d_init=s4d_init, n_ssm=n_ssm,
             )
             for _ in range(num_blocks)
         )
-        self.after_norm = nn.LayerNorm(d)
+        self.after_norm = nn.LayerNorm(d) if normalize_before else nn.Identity()
         self.output_layer = nn.Linear(d, vocab_size)
 
     # ---- training ---------------------------------------------------------------------
@@ -105,11 +130,16 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         return self.output_layer(self.after_norm(x)), ys_in_lens
 
     # ---- scoring (ESPnet beam search) -------------------------------------------------
+    # A hypothesis' state: {"ssm": list over blocks of (m, H, N) tensors, "row": its row in them,
+    # "kv": the utterance's cross-attention keys/values, "pos": tokens consumed}. The hypotheses
+    # returned by one batch_score share the same per-block tensors (no per-hypothesis copies);
+    # the next batch_score gathers the rows it needs with one index_select per block.
     def init_state(self, x: torch.Tensor) -> dict:
         """x: (T, D_enc) encoder output of one utterance."""
-        kv = [blk.src_attn.memory(x[None]) for blk in self.decoders]  # once per utterance
-        ssm = torch.zeros(self.num_blocks, self.d_model, self.d_state, device=x.device, dtype=x.dtype)
-        return {"ssm": ssm, "kv": kv, "pos": 0}
+        kv = [tuple(t.contiguous() for t in blk.src_attn.memory(x[None])) for blk in self.decoders]  # once
+        ssm = [torch.zeros(1, self.d_model, self.d_state, device=x.device, dtype=x.dtype)
+               for _ in range(self.num_blocks)]
+        return {"ssm": ssm, "row": 0, "kv": kv, "pos": 0}
 
     def select_state(self, state: Any, i: int, new_id: int = None) -> Any:
         return None if state is None else state[i]
@@ -118,6 +148,14 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         """ys: (L,) prefix, x: (T, D_enc) -> log-probs (V,), new state."""
         logp, states = self.batch_score(ys[None], [state], x[None])
         return logp[0], states[0]
+
+    @staticmethod
+    def _gather(states: List[dict], block: int) -> torch.Tensor:
+        base = states[0]["ssm"]
+        if all(s["ssm"] is base for s in states):
+            idx = torch.tensor([s["row"] for s in states], device=base[block].device)
+            return base[block].index_select(0, idx)
+        return torch.cat([s["ssm"][block][s["row"] : s["row"] + 1] for s in states])
 
     def batch_score(self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor, return_hs: bool = False):
         """ys: (n, L) prefixes, states: n states, xs: (n, T, D_enc) -> log-probs (n, V), n states."""
@@ -134,17 +172,13 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         if pos >= ys.shape[1]:
             raise ValueError(f"state has consumed {pos} tokens but the prefix has only {ys.shape[1]}")
         n = ys.shape[0]
-        kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv0]
-        ssm = torch.stack([s["ssm"] for s in states], 1)  # (blocks, n, H, N)
+        ssm = [self._gather(states, b) for b in range(self.num_blocks)]  # (n, H, N) per block
         for t in range(pos, ys.shape[1]):  # normally one token: the last one
             x = self.embed(ys[:, t])
-            new_ssm = []
-            for blk, s, (k, v) in zip(self.decoders, ssm, kv):
-                x, s = blk.step(x, s, k, v, None)
-                new_ssm.append(s)
-            ssm = torch.stack(new_ssm)
+            for b, (blk, (k, v)) in enumerate(zip(self.decoders, kv0)):
+                x, ssm[b] = blk.step(x, ssm[b], k, v, None)  # k, v: (1, heads, T, dk), shared
         h = self.after_norm(x)
         logp = torch.log_softmax(self.output_layer(h), dim=-1)
         L = ys.shape[1]
-        new_states = [{"ssm": ssm[:, i], "kv": kv0, "pos": L} for i in range(n)]
+        new_states = [{"ssm": ssm, "row": i, "kv": kv0, "pos": L} for i in range(n)]
         return ((logp, h) if return_hs else logp), new_states

@@ -33,6 +33,7 @@ class SSMLayer(nn.Module):
         dt_max: float = 1e-1,
         ssm_lr: float | None = None,
         s4d_init: str = "lin",
+        n_ssm: int | None = None,
     ):
         super().__init__()
         self.H, self.N, self.bidirectional = d_model, d_state, bidirectional
@@ -40,6 +41,8 @@ class SSMLayer(nn.Module):
         kw = dict(dt_min=dt_min, dt_max=dt_max, lr=ssm_lr)
         if kernel == "s4d":
             kw["init"] = s4d_init
+        if n_ssm is not None:  # A, B shared by groups of channels (s4 kernel only)
+            kw["n_ssm"] = n_ssm
         self.kernel = build_kernel(kernel, channels * d_model, d_state, **kw)
         self.D = nn.Parameter(torch.randn(d_model))
         self.dropout = nn.Dropout(dropout)
