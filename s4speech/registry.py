@@ -19,6 +19,7 @@ COMPONENTS = {
         "encoder_choices": "s4speech.asr.encoder:SSMEncoder",
         "decoder_choices": "s4speech.asr.decoder:SSMDecoder",
     },
+    "espnet2.tasks.tts": {"tts_choices": "s4speech.tts.model:SSMTTS"},
 }
 
 
