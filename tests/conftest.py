@@ -43,9 +43,19 @@ def asr_recipe_run(tmp_path_factory, shared_data):
     an4 = shared_data / "mini_an4"
     write_kaldi_dir(work / "data/train", an4_utts(an4, "train", copies=8))
     write_kaldi_dir(work / "data/dev", an4_utts(an4, "test", copies=2))
-    write_kaldi_dir(work / "data/test", an4_utts(an4, "test"))
-    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "9",
-           "--datadir", "data", "--dumpdir", "dump", "--expdir", "exp", "--nj", "1",
+    test = an4_utts(an4, "test")
+    write_kaldi_dir(work / "data/test", test)
+    # a long-form set: the test utterances joined into one recording
+    import numpy as np
+    import soundfile as sf
+
+    parts = [sf.read(u.audio, dtype="float32")[0] for u in test]
+    (work / "long").mkdir()
+    sf.write(work / "long/rec.wav", np.concatenate([np.r_[p, np.zeros(8000, np.float32)] for p in parts]), 16000)
+    write_kaldi_dir(work / "data/test_long", [Utterance("long-rec", "long", str(work / "long/rec.wav"),
+                                                        " ".join(u.text for u in test))])
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "3", "--stop_stage", "11",
+           "--long_sets", "test_long", "--datadir", "data", "--dumpdir", "dump", "--expdir", "exp", "--nj", "1",
            "--inference_config", str(ROOT / "conf/demo/decode.yaml"),
            "--train_args", "--max_epoch 3 --batch_bins 200000 --scheduler_conf warmup_steps=10 --specaug none"]
     for c in CONFIGS:

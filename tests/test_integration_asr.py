@@ -92,3 +92,13 @@ def test_rerun_skips_finished_stages(asr_recipe_run):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "already trained" in p.stderr
     assert (work / "exp/asr_asr_ssm/valid.acc.ave.pth").stat().st_mtime == before
+
+
+def test_long_form_and_report(asr_recipe_run):
+    work, p = asr_recipe_run
+    report = (work / "RESULTS.md").read_text()
+    for row in ["asr_asr_ssm / test|", "asr_asr_transformer / test|", "asr_asr_ssm / test_long|",
+                "asr_asr_transformer / test_long|"]:
+        assert report.count(row) == 2, row  # one WER and one CER row each
+    assert (work / "longform_wer.png").stat().st_size > 1000
+    assert "# Results: none" in p.stdout  # the report is printed too
