@@ -7,6 +7,7 @@
 (b) teacher-forced forward + backward: time and peak memory at output lengths 256, 1024, 4096
 (c) whole-utterance ``BatchBeamSearch`` of a long input (3000 encoder frames = 2 min at 40 ms)
 (d) SSM kernel generation, L = 1k ... 64k, against ESPnet's ``espnet2.asr.state_spaces`` kernels
+(e) TTS: time per generated frame at 100 ... 2000 frames, ``tts: ssm`` against ESPnet's Transformer-TTS
 
 Every table runs its decoders in one process on the same sizes and the same inputs (random weights,
 random encoder output; the work per call does not depend on the values). Times are wall-clock, the
@@ -406,6 +407,55 @@ def bench_search(torch, d: int, T: int, tokens: int):
     return rows
 
 
+# ------------------------------------------------------------------------------- (e) TTS
+TTS_SIZE = dict(adim=512, aheads=8, elayers=6, eunits=1024, dlayers=6, dunits=1024, eprenet_conv_layers=0,
+                dprenet_layers=2, dprenet_units=256, postnet_layers=5, postnet_chans=256, postnet_filts=5,
+                reduction_factor=1)  # conf/ljspeech/tts_{ssm,transformer}.yaml
+
+
+def build_tts(kind: str, idim: int = 60, odim: int = 80):
+    """``tts: ssm`` or ESPnet's ``tts: transformer`` at the LJSpeech configs' size."""
+    if kind == "ssm":
+        from s4speech.tts.model import SSMTTS
+
+        return SSMTTS(idim, odim, embed_dim=0, d_state=N_STATE, kernel="s4", **TTS_SIZE)
+    from espnet2.tts.transformer import Transformer
+
+    return Transformer(idim, odim, embed_dim=0, positionwise_layer_type="linear", use_scaled_pos_enc=True,
+                       **TTS_SIZE)
+
+
+def bench_tts(torch, frames, text_len: int = 100, reps: int = 2):
+    """Generate exactly n frames (threshold above 1: no stop; maxlenratio = n / (text + 1)) and time it.
+
+    Per frame = total / n (the encoder and postnet included, so short outputs carry their cost too);
+    marginal = (t(n) - t(n_prev)) / (n - n_prev): the cost of the frames added, which shows whether
+    a frame's cost grows with its position."""
+    torch.manual_seed(0)
+    rows = []
+    text = torch.randint(1, 59, (text_len,))
+    for kind in ("ssm", "transformer"):
+        model = build_tts(kind).eval()
+        prev = None
+        for n in frames:
+            ratio = n / (text_len + 1)
+
+            def gen():
+                out = model.inference(text, threshold=2.0, minlenratio=0.0, maxlenratio=ratio)
+                return out["feat_gen"].shape[0]
+
+            with torch.no_grad():
+                got = gen()
+                best, med = timeit(gen, reps, 0)
+            row = {"kind": kind, "frames": got, "best": best, "median": med}
+            if prev is not None:
+                row["marginal"] = (best - prev["best"]) / (got - prev["frames"])
+            rows.append(row)
+            prev = row
+            print(f"  (e) {kind} {got} frames: {best:.2f} s, {best / got * 1e3:.2f} ms/frame", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------ (d) kernels (subprocess)
 def case_kernel(torch, kind: str, L: int, H: int, reps: int) -> dict:
     torch.manual_seed(0)
@@ -618,6 +668,36 @@ def report(res: dict, argv, analysis: str) -> str:
             out.append(f"| {r['L']} | {a[0]} | {a[1]} | {b[0]} | {b[1]} | {rat('espnet-nplr', 'ours-s4')} | {ms(fl)} | {ofl} "
                        f"| {c[0]} | {c[1]} | {e[0]} | {e[1]} | {rat('espnet-diag', 'ours-s4d')} |")
         out.append("")
+
+    if "e" in res:
+        out += ["## (e) TTS: time per generated frame", "",
+                "`tts: ssm` (S4 decoder) against ESPnet's `tts: transformer`, both at the size of "
+                "`conf/ljspeech/tts_{ssm,transformer}.yaml` (adim 512, 8 heads, 6 + 6 blocks, FF 1024, 80 mel bins, "
+                "r = 1, postnet 5 × 256), random weights, 100 input tokens, `inference` with `threshold` 2 (never "
+                "stops) and `maxlenratio` set for exactly n frames. Per frame = whole call / n (encoder and postnet "
+                "included); marginal = extra time / extra frames between consecutive n (the cost of a frame at that "
+                "position). Best of the repetitions.", "",
+                "| frames | ours total (s) | ours ms/frame | ours marginal ms/frame | Transformer-TTS total (s) "
+                "| Transformer ms/frame | Transformer marginal ms/frame | Transformer / ours (per frame) |",
+                "|---|---|---|---|---|---|---|---|"]
+        ours = {r["frames"]: r for r in res["e"] if r["kind"] == "ssm"}
+        theirs = {r["frames"]: r for r in res["e"] if r["kind"] == "transformer"}
+        mg = lambda r: f"{r['marginal'] * 1e3:.2f}" if "marginal" in r else ""  # noqa: E731
+        for n in sorted(ours):
+            o, t = ours[n], theirs.get(n)
+            if t is None:
+                continue
+            out.append(f"| {n} | {o['best']:.2f} | {o['best'] / n * 1e3:.2f} | {mg(o)} | {t['best']:.2f} "
+                       f"| {t['best'] / n * 1e3:.2f} | {mg(t)} | {t['best'] / o['best']:.1f}× |")
+        if 1000 in ours and 1000 in theirs and 500 in ours:
+            sp = theirs[1000]["best"] / ours[1000]["best"]
+            big = max(ours)
+            flat = ours[big]["marginal"] / ours[500]["marginal"]
+            out += ["", "Targets:", "",
+                    f"- time per frame flat: our marginal ms/frame at {big} frames / at 500 frames = {flat:.2f} → "
+                    f"{verdict(flat <= 1.2)}",
+                    f"- ≥ 5× faster than Transformer-TTS at 1000 frames: {sp:.1f}× → {verdict(sp >= 5)}"]
+        out.append("")
     return "\n".join(out) + "\n"
 
 
@@ -637,8 +717,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="s4speech bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="a subset that finishes in a few minutes: (a) d 256, T 200; (b) U 256, 1024; "
-                        "(c) 20 output tokens; (d) L up to 16k")
-    p.add_argument("--only", default="a,b,c,d", help="comma-separated sub-benchmarks (a, b, c, d)")
+                        "(c) 20 output tokens; (d) L up to 16k; (e) 100, 500 frames")
+    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated sub-benchmarks (a, b, c, d, e)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="report (default BENCHMARKS.md)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
@@ -715,6 +795,8 @@ def main(argv=None) -> int:
                                           "reps": 3 if L <= 16384 else 1}, a.threads)
                 print(f"  (d) L={L} {kind}: {row[kind]}", flush=True)
             res["d"].append(row)
+    if "e" in only:
+        res["e"] = bench_tts(torch, [100, 500] if a.quick else [100, 500, 1000, 2000], reps=1 if a.quick else 2)
     res["load_end"] = load()
     # the matmul rate is measured again at the end: other processes may have slowed either measurement
     res["rate_start"], res["rate_end"] = res["rate"], matmul_rate(torch)

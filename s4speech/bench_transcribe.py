@@ -1,7 +1,7 @@
 """Benchmark ``s4speech transcribe``: real-time factor, peak memory and WER on long recordings.
 
     python -m s4speech.bench_transcribe --model recipes/demo/asr1/exp/asr_asr_ssm \\
-        --model recipes/demo/asr1/exp/asr_asr_transformer --minutes 1 10 60 --out docs/transcribe_bench.md
+        --model recipes/demo/asr1/exp/asr_asr_transformer --minutes 1 10 60 [--out README.md]
 
 Recordings of the requested lengths are made by concatenating real speech with 0.3-0.8 s pauses:
 the test split of the Asterisk demo prompts (``local.asterisk``: ``--corpus_dir``, default
@@ -11,6 +11,8 @@ runs in a fresh process: the model is loaded and warmed up on 10 s of the record
 counter is reset (``/proc/self/clear_refs``), then the whole recording is transcribed with the
 default options; the table gives the wall time, the real-time factor (wall / audio), the RSS
 after loading, the peak RSS while transcribing, and the WER against the concatenated prompt texts.
+The table replaces the part of ``--out`` between ``<!-- transcribe-bench -->`` and
+``<!-- /transcribe-bench -->`` (the README's section); a file without these markers is overwritten.
 """
 from __future__ import annotations
 
@@ -136,6 +138,17 @@ def child(model: str, wav: str, threads: int | None) -> dict:
             "threads": torch.get_num_threads(), "decoder": type(m.asr.decoder).__name__}
 
 
+BEGIN, END = "<!-- transcribe-bench -->", "<!-- /transcribe-bench -->"
+
+
+def replace_section(text: str, table: str) -> str:
+    """``text`` with the part between BEGIN and END replaced by ``table`` (the table alone without markers)."""
+    if BEGIN in text and END in text[text.index(BEGIN):]:
+        a = text.index(BEGIN) + len(BEGIN)
+        return text[:a] + "\n" + table + "\n" + text[text.index(END, a):]
+    return table + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, help="experiment dir or packed zip (repeat)")
@@ -145,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--texts", default=None, help="their transcripts, one line per file (for the WER)")
     p.add_argument("--work_dir", default="exp/bench_transcribe", help="where the recordings are written")
     p.add_argument("--threads", type=int, default=None, help="torch threads in the runs (default: torch's)")
-    p.add_argument("--out", default="docs/transcribe_bench.md")
+    p.add_argument("--out", default="README.md", help="file whose transcribe-bench section is replaced")
     p.add_argument("--_child", nargs=2, metavar=("MODEL", "WAV"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._child:
@@ -191,7 +204,6 @@ def main(argv=None) -> int:
 
     threads = rows[0][2]["threads"] if rows else torch.get_num_threads()
     lines = [
-        "# `s4speech transcribe` benchmark", "",
         f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__} on CPU with "
         f"{threads} thread(s); {time.strftime('%Y-%m-%d')}. Load average (5 min) before / after the runs: "
         f"{load_before:.1f} / {os.getloadavg()[1] if hasattr(os, 'getloadavg') else float('nan'):.1f} "
@@ -210,7 +222,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     from s4speech.data import atomic_write
 
-    atomic_write(out, "\n".join(lines) + "\n")
+    atomic_write(out, replace_section(out.read_text() if out.exists() else "", "\n".join(lines)))
     print("\n".join(lines))
     return 0
 

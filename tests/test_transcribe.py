@@ -367,3 +367,13 @@ def test_audio_error_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(AudioError) as e:
         AudioReader(f, 16000)
     assert str(e.value).startswith(f"{f}: corrupt WAV") and "\n" not in str(e.value)
+
+
+def test_benchmark_table_replaces_only_its_readme_section():
+    from s4speech.bench_transcribe import BEGIN, END, replace_section
+
+    readme = f"# Title\n\nintro\n\n{BEGIN}\n| old | table |\n{END}\n\n## Next\ntext\n"
+    new = replace_section(readme, "| new | table |")
+    assert new == f"# Title\n\nintro\n\n{BEGIN}\n| new | table |\n{END}\n\n## Next\ntext\n"
+    assert replace_section(new, "| new | table |") == new  # re-running is idempotent
+    assert replace_section("no markers here\n", "| t |") == "| t |\n"
