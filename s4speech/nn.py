@@ -18,6 +18,15 @@ ACTIVATIONS = {
 }
 
 
+def rows_linear(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``lin(x)`` for a few rows x (n, d_in), computed as (W x^T + b)^T.
+
+    Same result as ``lin(x)``; for the handful of rows of a decoding step (n = beam) this orientation
+    lets the BLAS stream the weight once without packing it, measured 1.2-2.7x faster on CPU
+    (``s4speech bench``, table a). Returns a transposed (non-contiguous) view."""
+    return torch.addmm(lin.bias[:, None], lin.weight, x.T).T
+
+
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "gelu"):
         super().__init__()
@@ -29,6 +38,10 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         return self.w2(self.dropout(self.act(self.w1(x))))
+
+    def step(self, x):
+        """x: (n, d) one frame per row (inference)."""
+        return rows_linear(self.w2, self.act(rows_linear(self.w1, x)))
 
 
 class CrossAttention(nn.Module):
@@ -74,9 +87,9 @@ class CrossAttention(nn.Module):
         single attention call, so the shared keys/values are neither expanded nor copied.
         """
         n = x.shape[0]
-        q = self.q(x).view(n, self.h, self.dk).transpose(0, 1)[None]  # (1, heads, n, dk)
+        q = rows_linear(self.q, x).reshape(n, self.h, self.dk).transpose(0, 1)[None]  # (1, heads, n, dk)
         o = F.scaled_dot_product_attention(q, k, v)
-        return self.out(o[0].transpose(0, 1).reshape(n, -1))
+        return rows_linear(self.out, o[0].transpose(0, 1).reshape(n, -1))
 
 
 class StrictLoadMixin:

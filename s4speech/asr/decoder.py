@@ -20,6 +20,7 @@ from espnet.nets.scorer_interface import BatchScorerInterface
 
 from s4speech.nn import CrossAttention, FeedForward, StrictLoadMixin
 from s4speech.ssm.layer import SSMLayer
+from s4speech.nn import rows_linear
 
 
 class DecoderBlock(nn.Module):
@@ -48,17 +49,20 @@ class DecoderBlock(nn.Module):
             return self.src_attn.step(x, k, v)
         return self.src_attn(x[:, None], k, v, mask)[:, 0]
 
-    def step(self, x, state, k, v, mask):
-        """One token. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk)."""
+    def step(self, x, state, k, v, mask, inplace=False):
+        """One token. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk).
+
+        ``inplace``: the new state overwrites ``state`` (see ``SSMLayer.step``)."""
+        ff = self.ff if self.training else self.ff.step
         if not self.normalize_before:
-            h, state = self.ssm.step(x, state)
+            h, state = self.ssm.step(x, state, inplace)
             x = self.norm1(x + h)
             x = self.norm2(x + self._attend(x, k, v, mask))
-            return self.norm3(x + self.ff(x)), state
-        h, state = self.ssm.step(self.norm1(x), state)
+            return self.norm3(x + ff(x)), state
+        h, state = self.ssm.step(self.norm1(x), state, inplace)
         x = x + h
         x = x + self._attend(self.norm2(x), k, v, mask)
-        return x + self.ff(self.norm3(x)), state
+        return x + ff(self.norm3(x)), state
 
 
 class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
@@ -176,9 +180,11 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         for t in range(pos, ys.shape[1]):  # normally one token: the last one
             x = self.embed(ys[:, t])
             for b, (blk, (k, v)) in enumerate(zip(self.decoders, kv0)):
-                x, ssm[b] = blk.step(x, ssm[b], k, v, None)  # k, v: (1, heads, T, dk), shared
+                # ssm[b] is this call's own copy (gathered rows): updated in place
+                x, ssm[b] = blk.step(x, ssm[b], k, v, None, inplace=True)  # k, v: (1, heads, T, dk), shared
         h = self.after_norm(x)
-        logp = torch.log_softmax(self.output_layer(h), dim=-1)
+        logits = self.output_layer(h) if self.training else rows_linear(self.output_layer, h)
+        logp = torch.log_softmax(logits, dim=-1)
         L = ys.shape[1]
         new_states = [{"ssm": ssm, "row": i, "kv": kv0, "pos": L} for i in range(n)]
         return ((logp, h) if return_hs else logp), new_states

@@ -141,13 +141,14 @@ class S4DKernel(nn.Module):
         dtA, dB = self._discrete()
         return torch.exp(dtA), dB, torch.view_as_complex(self.C.float())
 
-    def step(self, u: torch.Tensor, state: torch.Tensor):
-        """u: (B, H), state: (B, H, N) real -> y: (B, H), new state (B, H, N)."""
+    def step(self, u: torch.Tensor, state: torch.Tensor, inplace: bool = False):
+        """u: (B, H), state: (B, H, N) real -> y: (B, H), new state (B, H, N) (``inplace``: in ``state``)."""
         dA, dB, C = self._step.get(self, self._step_params)
         x = torch.view_as_complex(state.float().reshape(*state.shape[:-1], -1, 2).contiguous())
         x = dA * x + dB * u.float()[..., None]  # (B, H, N/2)
         y = 2 * torch.einsum("hn,bhn->bh", C, x).real
-        return y.to(u.dtype), torch.view_as_real(x).flatten(-2).to(state.dtype)
+        new = torch.view_as_real(x).flatten(-2).to(state.dtype)
+        return y.to(u.dtype), (state.copy_(new) if inplace else new)
 
 
 class _PairCauchy(torch.autograd.Function):
@@ -362,19 +363,27 @@ class S4Kernel(nn.Module):
         # Re(q . x) and 2 Re(C . x) are real dot products with the interleaved state; so are f and g terms
         return a.to(torch.complex64), inter(f), inter(q.conj()), inter(g), inter(2 * C.conj())
 
-    def step(self, u: torch.Tensor, state: torch.Tensor):
+    def step(self, u: torch.Tensor, state: torch.Tensor, inplace: bool = False):
         """u: (B, H), state: (B, H, N) real -> y: (B, H), new state.
 
         The state holds the N/2 complex half-state as interleaved (re, im) pairs; one step costs O(N)
         per channel (diagonal plus rank one), not the O(N^2) of the dense discretized matrix.
+        ``inplace`` (a contiguous float32 state the caller owns): the new state is written into
+        ``state``, with no (B, H, N) temporaries (each costs page faults on CPU).
         """
         a, f, q, g, c = self._step.get(self, self._step_params)
-        s = state.float().contiguous()
-        w = torch.linalg.vecdot(s, q).unsqueeze(-1)  # Re(q . x): (B, H, 1)
-        x = torch.view_as_real(a * torch.view_as_complex(s.view(*s.shape[:-1], -1, 2))).flatten(-2)
-        x = torch.addcmul(torch.addcmul(x, g, u.float().unsqueeze(-1)), f, w, value=-1)  # + g u - f w
+        own = inplace and state.dtype == torch.float and state.is_contiguous()
+        s = state if own else state.float().contiguous()
+        w = torch.linalg.vecdot(s, q).unsqueeze(-1)  # Re(q . x): (B, H, 1), from the old state
+        z = torch.view_as_complex(s.view(*s.shape[:-1], -1, 2))
+        if own:
+            z.mul_(a)  # x <- a x in place
+            x = s
+        else:
+            x = torch.view_as_real(a * z).flatten(-2)
+        x.addcmul_(g, u.float().unsqueeze(-1)).addcmul_(f, w, value=-1)  # + g u - f w
         y = torch.linalg.vecdot(x, c)
-        return y.to(u.dtype), x.to(state.dtype)
+        return y.to(u.dtype), (x if own else x.to(state.dtype))
 
 
 def build_kernel(kind: str, H: int, N: int, **kw) -> nn.Module:

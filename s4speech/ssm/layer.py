@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from s4speech.nn import rows_linear
 from s4speech.ssm.kernels import build_kernel
 
 
@@ -73,10 +74,15 @@ class SSMLayer(nn.Module):
     def default_state(self, batch: int, device=None, dtype=torch.float) -> torch.Tensor:
         return torch.zeros(batch, self.H, self.N, device=device, dtype=dtype)
 
-    def step(self, u: torch.Tensor, state: torch.Tensor):
-        """u: (B, H), state: (B, H, N) -> y: (B, H), new state. Causal layers only."""
+    def step(self, u: torch.Tensor, state: torch.Tensor, inplace: bool = False):
+        """u: (B, H), state: (B, H, N) -> y: (B, H), new state. Causal layers only.
+
+        ``inplace``: the new state overwrites ``state`` (a tensor the caller owns, e.g. freshly gathered
+        beam rows), saving the allocations of the (B, H, N) intermediates."""
         if self.bidirectional:
             raise RuntimeError("a bidirectional SSM layer has no recurrent step")
-        y, state = self.kernel.step(u, state)
-        y = y + u * self.D.to(u.dtype)
-        return self._output(y), state
+        y, state = self.kernel.step(u, state, inplace=inplace)
+        y = torch.addcmul(y, u, self.D.to(u.dtype))
+        if self.training:
+            return self._output(y), state
+        return F.glu(rows_linear(self.output_linear, F.gelu(y)), dim=-1), state
