@@ -1,6 +1,6 @@
 # `make setup` builds .venv/ with s4speech and its pinned dependencies;
 # `make test` runs the test suite (setting up first when needed);
-# `make demo` runs the demo recipe end to end on the embedded default corpus.
+# `make demo` runs the demo ASR and TTS recipes end to end on the embedded default corpus.
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	bash recipes/demo/asr1/run.sh
+	bash recipes/demo/tts1/run.sh
 
 clean:
 	rm -rf $(VENV) exp dump data
