@@ -264,7 +264,14 @@ def stage_filter(r: Recipe) -> None:
 
 
 def build_tokenizer(r: Recipe):
-    from espnet2.text.build_tokenizer import build_tokenizer as espnet_tokenizer
+    import contextlib
+    import io
+
+    buf = io.StringIO()  # ESPnet's g2p modules try nltk downloads at import: keep that off the terminal
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        from espnet2.text.build_tokenizer import build_tokenizer as espnet_tokenizer
+    if buf.getvalue().strip():
+        log.debug("importing ESPnet's tokenizers printed:\n%s", buf.getvalue())
 
     if r.token_type == "char":
         return espnet_tokenizer(token_type="char")
