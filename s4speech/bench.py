@@ -106,12 +106,11 @@ def mem_available() -> int:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     import torch
+
+    from s4speech.scoring import cpu_model
+
+    cpu = cpu_model()
 
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from s4speech.scoring import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,16 +49,6 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def speech_sources(args) -> list[tuple[Path, str]]:

@@ -190,14 +190,15 @@ def transcribe(wavs: dict[str, Path], asr_dir: str | Path, beam_size: int = 4, c
     import soundfile as sf
     import yaml
 
-    import s4speech  # noqa: F401  (decoder: ssm, encoder: ssm)
-    from espnet2.bin.asr_inference import Speech2Text
+    from s4speech.transcribe import Model
 
-    cfg, pth = asr_model_files(asr_dir)
+    cfg, _ = asr_model_files(asr_dir)
     conf = yaml.safe_load(open(cfg)) or {}
     fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
     fs = int(str(fs).lower().replace("k", "000"))
-    s2t = Speech2Text(str(cfg), str(pth), beam_size=beam_size, ctc_weight=ctc_weight, device="cpu", nbest=1)
+    # Model.load resolves the config's paths (stats file, BPE model) relative to the ASR recipe dir,
+    # so the ASR model of another recipe (e.g. ../asr1/exp/...) loads from the TTS recipe dir
+    s2t = Model.load(asr_dir, beam_size=beam_size, ctc_weight=ctc_weight).s2t
     out = {}
     items = sorted(wavs.items())
     if progress:

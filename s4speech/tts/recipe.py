@@ -314,7 +314,7 @@ def _count_params(sysdir: Path) -> int | None:
 
 
 def stage_report(r: TTSRecipe, path: Path = Path("RESULTS.md")) -> Path:
-    import platform
+    from s4speech.scoring import cpu_model
 
     import torch
 
@@ -339,7 +339,7 @@ def stage_report(r: TTSRecipe, path: Path = Path("RESULTS.md")) -> Path:
     for s, sc in (nat.items() if r.tts_configs else []):
         cer.append(f"|natural recordings|{s}|{sc['cer']['Snt']}|{sc['cer']['Wrd']}|{sc['cer']['Err']}|{sc['wer']['Err']}|")
     dev = ("GPU: " + torch.cuda.get_device_name(0)) if r.ngpu and torch.cuda.is_available() else \
-        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"
     parts = [f"# TTS results: {r.corpus}\n",
              f"Produced by `python -m s4speech.tts.recipe --corpus {r.corpus} ...` (stage 9) on {dev}. "
              "Waveforms by Griffin-Lim (32 iterations); synthesis with threshold "
