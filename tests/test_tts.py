@@ -432,3 +432,15 @@ def test_mcd_and_f0_measures():
                         dict(chars=10, frames=300, stopped=False)], frames_per_char=10.0) == ev.Failures(3, 1, 1)
     with pytest.raises(ValueError):
         ev.mcd(np.zeros(0), a, 8000)
+
+
+def test_cer_asr_model_of_another_recipe_dir_loads(asr_recipe_run, shared_data, tmp_path, monkeypatch):
+    """The TTS evaluation transcribes with an ASR experiment whose config holds paths relative to its own
+    recipe dir (recipes/demo/tts1 uses ../asr1/exp/asr_asr_ssm): it must load from elsewhere."""
+    from s4speech.tts.evaluate import transcribe
+
+    work, _ = asr_recipe_run
+    monkeypatch.chdir(tmp_path)  # not the ASR recipe dir
+    wav = an4_utts(shared_data / "mini_an4", "test")[0].audio
+    out = transcribe({"u1": Path(wav)}, work / "exp/asr_asr_ssm")
+    assert list(out) == ["u1"] and isinstance(out["u1"], str)
