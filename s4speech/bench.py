@@ -188,15 +188,17 @@ def flops_ssm_step(n, d, T, N=N_STATE, blocks=BLOCKS, vocab=V, parts=False):
     scores and weighted sum over T memory frames: 2 T d MACs; softmax ~5 flops per score), FF d->4d->d
     (8 d^2 MACs) + GELU (~8 flops), 3 LayerNorms (~8 flops per element), residual adds. Then the final
     LayerNorm, the output layer (d V MACs) and log-softmax (~4 flops per logit).
-    ``parts=True``: a dict linear / attention / ssm / elementwise (``linear`` is what torch's
-    FlopCounterMode counts: the addmm of every Linear)."""
+    ``parts=True``: a dict linear / attention / softmax / ssm / elementwise (``linear`` + ``attention``
+    is what torch's FlopCounterMode counts: the addmm of every Linear and the two products of the
+    attention)."""
     h = heads(d)
     linear = blocks * (2 * d * 2 * d + 2 * (2 * d * d) + 2 * (8 * d * d)) + 2 * d * vocab
-    attention = blocks * (2 * (2 * T * d) + 5 * h * T)
+    attention = blocks * 2 * (2 * T * d)
+    softmax = blocks * 5 * h * T
     ssm = blocks * 11 * N * d
     elementwise = blocks * (3 * d + 8 * 4 * d + 3 * 8 * d + 3 * d) + 8 * d + 4 * vocab
     p = {k: float(n * v) for k, v in
-         dict(linear=linear, attention=attention, ssm=ssm, elementwise=elementwise).items()}
+         dict(linear=linear, attention=attention, softmax=softmax, ssm=ssm, elementwise=elementwise).items()}
     return p if parts else sum(p.values())
 
 
@@ -743,6 +745,13 @@ def main(argv=None) -> int:
         return 0
 
     only = set(a.only.split(","))
+
+    def save(res):  # after every sub-benchmark: a long run that dies keeps what it measured
+        if a.json:
+            tmp = a.json.with_name(a.json.name + ".tmp")
+            tmp.write_text(json.dumps(res, indent=1))
+            tmp.replace(a.json)
+
     t0 = time.time()
     res = {"machine": machine(), "load_start": load(), "argv": argv}
     res["rate"] = matmul_rate(torch)
@@ -754,6 +763,7 @@ def main(argv=None) -> int:
         Ls = [16, 128, 512, 1024, 2048]
         for d, T in ([(256, 200)] if a.quick else [(256, 200), (256, 1000), (512, 200), (512, 1000)]):
             res["a"] += bench_step(torch, d, T, Ls, reps=5 if a.quick else 7)
+        save(res)
     if "b" in only:
         res["b"] = []
         for U in ([256, 1024] if a.quick else [256, 1024, 4096]):
@@ -777,9 +787,11 @@ def main(argv=None) -> int:
                                       "reps": 2}, a.threads)
                 print(f"  (b) layer U={U} {kind}: {row[kind]}", flush=True)
             res["b_layer"].append(row)
+            save(res)
     if "c" in only:
         tokens = a.search_tokens or (20 if a.quick else 100)
         res["c"] = bench_search(torch, 256, 3000, tokens)
+        save(res)
     if "d" in only:
         res["d"] = []
         H = 256
@@ -794,6 +806,7 @@ def main(argv=None) -> int:
                                           "reps": 3 if L <= 16384 else 1}, a.threads)
                 print(f"  (d) L={L} {kind}: {row[kind]}", flush=True)
             res["d"].append(row)
+            save(res)
     if "e" in only:
         res["e"] = bench_tts(torch, [100, 500] if a.quick else [100, 500, 1000, 2000], reps=1 if a.quick else 2)
     res["load_end"] = load()
@@ -801,8 +814,7 @@ def main(argv=None) -> int:
     res["rate_start"], res["rate_end"] = res["rate"], matmul_rate(torch)
     res["rate"] = max(res["rate_start"], res["rate_end"])
     res["wall"] = time.time() - t0
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
+    save(res)
     a.out.write_text(report(res, argv, existing_analysis(a.out)))
     print(f"wrote {a.out} ({res['wall'] / 60:.1f} min)")
     return 0

@@ -37,6 +37,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 CHUNK_ELEMENTS = 1 << 19  # complex elements per (H, N/2, chunk) intermediate (small: stays in cache)
 BLOCK_EXPONENT = 0.6  # S4 kernel blocks of 2^ceil(BLOCK_EXPONENT log2 L) samples (measured best on CPU)
@@ -297,13 +298,11 @@ class S4Kernel(nn.Module):
         n = self.N // 2
         S = 1 << max(0, math.ceil(math.log2(max(L, 1)) * BLOCK_EXPONENT))  # block length ~ L^0.6
         m = -(-L // S)  # blocks
-        dA, c = self._structured_dA(dtype)  # (H, N, N), (H, N) in real coordinates [Re x, Im x]
-        dA_S = torch.linalg.matrix_power(dA, S)
-        cs = [c]
-        for _ in range(m):
-            cs.append(torch.bmm(cs[-1][:, None, :], dA_S)[:, 0])
-        cs = torch.stack(cs)  # (m + 1, H, N): c dA^{jS}
-        c_t = cs[:-1] - cs[1:]  # c~_j = c_j (I - dA^S)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # the (H, N, N) powers are cheap to recompute and ~7 of them would be kept per layer
+            c_t = checkpoint(self._block_outputs, S, m, dtype, use_reentrant=False)
+        else:
+            c_t = self._block_outputs(S, m, dtype)
         Ct = (c_t[..., :n] - 1j * c_t[..., n:]) / 2  # back to the complex half (m, H, N/2)
         # numerators of the Cauchy sums: C~_j B, C~_j P (every block), P^*B, P^*P   (2m + 2, H, N/2)
         num = torch.cat([Ct * B, Ct * P, (P.conj() * B)[None], (P.conj() * P)[None]])
@@ -333,6 +332,16 @@ class S4Kernel(nn.Module):
             Khat.append(dt[:, None, None] * (r0 - b * r1 * r2 / (1 + b * r3)))  # (H, m, l)
         K = torch.fft.irfft(torch.cat(Khat, -1), n=S)  # (H, m, S)
         return K.reshape(self.H, m * S)[:, :L]
+
+    def _block_outputs(self, S: int, m: int, dtype) -> torch.Tensor:
+        """c~_j = c dA^{jS} (I - dA^S), j < m, in real coordinates: (m, H, N)."""
+        dA, c = self._structured_dA(dtype)  # (H, N, N), (H, N) in real coordinates [Re x, Im x]
+        dA_S = torch.linalg.matrix_power(dA, S)
+        cs = [c]
+        for _ in range(m):
+            cs.append(torch.bmm(cs[-1][:, None, :], dA_S)[:, 0])
+        cs = torch.stack(cs)  # (m + 1, H, N): c dA^{jS}
+        return cs[:-1] - cs[1:]
 
     def step_system(self, dtype=torch.float64):
         """The bilinear recurrence in O(N) diagonal-plus-rank-one form on the complex half state x.
