@@ -314,6 +314,42 @@ def bench_step(torch, d: int, T: int, Ls, reps: int):
     return rows
 
 
+# ------------------------------------------------- (a2) where our step's time goes (subprocess)
+# glibc returns freed blocks above its mmap threshold to the OS, so a fresh (n, H, N) state or activation
+# costs page faults at every step; these settings keep such blocks in the heap (same process otherwise)
+MALLOC_KEEP = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456",
+               "MALLOC_TOP_PAD_": "67108864"}
+
+
+def case_step(torch, d: int, T: int, L: int, reps: int) -> dict:
+    """Our batch_score as in (a), timed, then profiled: aten calls per step and the time in addmm."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    dec = build("ssm", d).eval()
+    x = torch.randn(T, d)
+    xs = x.expand(BEAM, T, d)
+    perm = torch.randperm(BEAM).tolist()
+    ys = torch.randint(0, V - 1, (BEAM, L))
+    with torch.no_grad():
+        st0 = dec.init_state(x)
+        base = [0.1 * torch.randn(BEAM, d, N_STATE) for _ in range(BLOCKS)]
+        states = [dict(st0, ssm=base, row=perm[i], pos=L - 1) for i in range(BEAM)]
+        fn = lambda: dec.batch_score(ys, states, xs)  # noqa: E731
+        best, med = timeit(fn, reps, 3)
+        n = 10
+        with profile() as prof:
+            for _ in range(n):
+                fn()
+    ev = prof.key_averages()
+    top = [e for e in ev if e.key.startswith("aten::")]
+    addmm = [e for e in top if e.key == "aten::addmm"]
+    return {"best": best, "median": med, "aten_calls": sum(e.count for e in top) / n,
+            "addmm_calls": sum(e.count for e in addmm) / n,
+            "addmm_s": sum(e.self_cpu_time_total for e in addmm) / n / 1e6,
+            "profiled_s": sum(e.self_cpu_time_total for e in ev) / n / 1e6}
+
+
 # -------------------------------------------------------------------- (b) fwd + bwd (subprocess)
 def build_layer(kind: str, d: int, dropout: float = 0.1):
     """One causal S4 layer alone (kernel, convolution, D, GELU, Linear + GLU): ours or ESPnet's."""
@@ -503,9 +539,9 @@ def predict_kernel_bytes(kind, L, H) -> float:
     return 4 * H * L * 4
 
 
-def run_case(spec: dict, threads: int, timeout: float = 1800) -> dict:
+def run_case(spec: dict, threads: int, timeout: float = 1800, env: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "s4speech.bench", "--threads", str(threads), "--_case", json.dumps(spec)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))  # OMP_WAIT_POLICY inherited (set by _setup)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env or {}))  # OMP_WAIT_POLICY inherited (_setup)
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -547,6 +583,10 @@ def report(res: dict, argv, analysis: str) -> str:
            "(the machine was shared with other jobs: timings are the best of several repetitions)",
            f"- command: `{' '.join(['python -m s4speech.bench'] + list(argv))}` ({res['wall'] / 60:.1f} min)",
            ""]
+    if "update_argv" in res:
+        out[-1:] = [f"- then: `{' '.join(['python -m s4speech.bench'] + list(res['update_argv']))}` (re-ran those "
+                    f"sub-benchmarks; load at its start / end: {res['update_load_start']} / "
+                    f"{res.get('update_load_end', '?')})", ""]
     if analysis:
         out += ["<!-- analysis -->", analysis.strip(), "<!-- /analysis -->", ""]
 
@@ -578,6 +618,25 @@ def report(res: dict, argv, analysis: str) -> str:
                     f"- our step ≤ 1/10 of ESPnet's s4 step: worst ours/s4 = {worst:.3f} (1/{1 / worst:.0f}) → {verdict(worst <= 0.1)}",
                     f"- flat in prefix length (L 2048 within 1.2× of L 16): {flat:.2f}× → {verdict(flat <= 1.2)}",
                     f"- within 3× of the floor: worst {fl:.1f}× → {verdict(fl <= 3)}"]
+        out.append("")
+
+    if "a2" in res:
+        out += ["## (a2) Where our step's time goes (d 256, enc T 200, beam 8)", "",
+                "Our `batch_score` of (a), each row in a fresh subprocess: with 2 or 1 torch threads, and with glibc's "
+                "default allocator settings or with `" + " ".join(f"{k}={v}" for k, v in MALLOC_KEEP.items()) +
+                "` (freed blocks stay in the heap, so the fresh per-step tensors, e.g. the gathered (8, 256, 64) "
+                "states, cost no page faults). Then 10 calls under `torch.profiler`: aten calls per step, and the "
+                "time of the 31 Linear layers (`aten::addmm`; profiled time is a little above the unprofiled one).", "",
+                "| prefix L | threads | malloc | best (ms) | median (ms) | aten calls / step | addmm calls | "
+                "addmm (ms) | profiled total (ms) | addmm share |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["a2"]:
+            if "error" in r:
+                out.append(f"| {r['L']} | {r['threads']} | {r['malloc']} | n/a ({r['error']}) |  |  |  |  |  |  |")
+                continue
+            out.append(f"| {r['L']} | {r['threads']} | {r['malloc']} | {ms(r['best'])} | {ms(r['median'])} | "
+                       f"{r['aten_calls']:.0f} | {r['addmm_calls']:.0f} | {ms(r['addmm_s'])} | {ms(r['profiled_s'])} | "
+                       f"{r['addmm_s'] / r['profiled_s']:.0%} |")
         out.append("")
 
     if "b" in res:
@@ -719,7 +778,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="a subset that finishes in a few minutes: (a) d 256, T 200; (b) U 256, 1024; "
                         "(c) 20 output tokens; (d) L up to 16k; (e) 100, 500 frames")
-    p.add_argument("--only", default="a,b,c,d,e", help="comma-separated sub-benchmarks (a, b, c, d, e)")
+    p.add_argument("--only", default="a,a2,b,c,d,e", help="comma-separated sub-benchmarks (a, a2, b, c, d, e)")
+    p.add_argument("--update", action="store_true",
+                   help="start from the results in --json and replace only the sub-benchmarks run now")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="report (default BENCHMARKS.md)")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
@@ -737,7 +798,9 @@ def main(argv=None) -> int:
 
     if a._case:  # a subprocess measuring one case
         spec = json.loads(a._case)
-        if spec["what"] == "train":
+        if spec["what"] == "step":
+            r = case_step(torch, spec["d"], spec["T"], spec["L"], spec["reps"])
+        elif spec["what"] == "train":
             r = case_train(torch, spec["kind"], spec["d"], spec["U"], spec["B"], spec["T"], spec["reps"])
         else:
             r = case_kernel(torch, spec["kind"], spec["L"], spec["H"], spec["reps"])
@@ -754,8 +817,15 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     res = {"machine": machine(), "load_start": load(), "argv": argv}
-    res["rate"] = matmul_rate(torch)
-    res["bandwidth"] = copy_bandwidth(torch)
+    if a.update:
+        if not (a.json and a.json.exists()):
+            p.error("--update needs --json with the results of an earlier run")
+        old = json.loads(a.json.read_text())
+        res = dict(old, update_argv=argv, update_load_start=res["load_start"])
+        t0 -= old.get("wall", 0)
+    else:  # (an update keeps the machine figures the earlier tables were computed with)
+        res["rate"] = matmul_rate(torch)
+        res["bandwidth"] = copy_bandwidth(torch)
     print(f"machine: {res['machine']}, matmul {res['rate']:.1f} GFLOP/s, copy {res['bandwidth']:.1f} GB/s, "
           f"load {res['load_start']}", flush=True)
     if "a" in only:
@@ -763,6 +833,15 @@ def main(argv=None) -> int:
         Ls = [16, 128, 512, 1024, 2048]
         for d, T in ([(256, 200)] if a.quick else [(256, 200), (256, 1000), (512, 200), (512, 1000)]):
             res["a"] += bench_step(torch, d, T, Ls, reps=5 if a.quick else 7)
+        save(res)
+    if "a2" in only:
+        res["a2"] = []
+        for L in (16, 2048):
+            for threads in (2, 1):
+                for alloc, env in (("default", {}), ("keep", MALLOC_KEEP)):
+                    r = run_case({"what": "step", "d": 256, "T": 200, "L": L, "reps": 15}, threads, env=env)
+                    res["a2"].append({"L": L, "threads": threads, "malloc": alloc, **r})
+                    print(f"  (a2) L={L} threads={threads} malloc={alloc}: {r}", flush=True)
         save(res)
     if "b" in only:
         res["b"] = []
@@ -809,13 +888,16 @@ def main(argv=None) -> int:
             save(res)
     if "e" in only:
         res["e"] = bench_tts(torch, [100, 500] if a.quick else [100, 500, 1000, 2000], reps=1 if a.quick else 2)
-    res["load_end"] = load()
-    # the matmul rate is measured again at the end: other processes may have slowed either measurement
-    res["rate_start"], res["rate_end"] = res["rate"], matmul_rate(torch)
-    res["rate"] = max(res["rate_start"], res["rate_end"])
+    if a.update:
+        res["update_load_end"] = load()
+    else:
+        res["load_end"] = load()
+        # the matmul rate is measured again at the end: other processes may have slowed either measurement
+        res["rate_start"], res["rate_end"] = res["rate"], matmul_rate(torch)
+        res["rate"] = max(res["rate_start"], res["rate_end"])
     res["wall"] = time.time() - t0
     save(res)
-    a.out.write_text(report(res, argv, existing_analysis(a.out)))
+    a.out.write_text(report(res, res["argv"], existing_analysis(a.out)))
     print(f"wrote {a.out} ({res['wall'] / 60:.1f} min)")
     return 0
 

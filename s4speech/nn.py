@@ -80,16 +80,22 @@ class CrossAttention(nn.Module):
         o = self.out(o.transpose(1, 2).reshape(B, L, -1))
         return (o, w) if return_weights else o
 
-    def step(self, x, k, v):
+    def step(self, x, k, v, return_weights=False):
         """One query per hypothesis, all attending to the same memory (no mask).
 
-        x: (n, d); k, v: (1, heads, T, dk) -> (n, d). The n hypotheses are the query positions of a
-        single attention call, so the shared keys/values are neither expanded nor copied.
+        x: (n, d); k, v: (1, heads, T, dk) -> (n, d) [and weights (n, heads, T)]. The n hypotheses are
+        the query positions of a single attention call, so the shared keys/values are neither expanded
+        nor copied.
         """
         n = x.shape[0]
         q = rows_linear(self.q, x).reshape(n, self.h, self.dk).transpose(0, 1)[None]  # (1, heads, n, dk)
-        o = F.scaled_dot_product_attention(q, k, v)
-        return rows_linear(self.out, o[0].transpose(0, 1).reshape(n, -1))
+        if return_weights:
+            w = ((q @ k.transpose(-1, -2)) / self.dk**0.5).softmax(-1)  # (1, heads, n, T)
+            o = w @ v
+        else:
+            o = F.scaled_dot_product_attention(q, k, v)
+        o = rows_linear(self.out, o[0].transpose(0, 1).reshape(n, -1))
+        return (o, w[0].transpose(0, 1)) if return_weights else o
 
 
 class StrictLoadMixin:

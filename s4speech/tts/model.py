@@ -49,10 +49,16 @@ class TTSDecoderBlock(DecoderBlock):
         x = x + self.dropout(a)
         return x + self.dropout(self.ff(self.norm3(x))), w
 
-    def step(self, x, state, k, v, mask):
-        """One frame. x: (B, d), state: (B, H, N) -> x, state, weights (B, heads, T)."""
-        h, state = self.ssm.step(self.norm1(x), state)
+    def step(self, x, state, k, v, mask, inplace=False):
+        """One frame. x: (B, d), state: (B, H, N) -> x, state, weights (B, heads, T).
+
+        ``inplace``: the new state overwrites ``state`` (see ``SSMLayer.step``)."""
+        h, state = self.ssm.step(self.norm1(x), state, inplace)
         x = x + h
+        if mask is None and k.shape[0] == 1 and not self.training:  # inference: Linear layers as W x^T
+            a, w = self.src_attn.step(self.norm2(x), k, v, return_weights=True)
+            x = x + a
+            return x + self.ff.step(self.norm3(x)), state, w
         a, w = self.src_attn(self.norm2(x)[:, None], k, v, mask, return_weights=True)
         x = x + a[:, 0]
         return x + self.ff(self.norm3(x)), state, w[:, :, 0]
@@ -382,7 +388,7 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
             z = self.prenet(y)
             ws = []
             for i, (blk, (k, v)) in enumerate(zip(self.decoders, kv)):
-                z, states[i], w = blk.step(z, states[i], k, v, None)
+                z, states[i], w = blk.step(z, states[i], k, v, None, inplace=True)  # states: ours alone
                 ws.append(w[0])
             z = self.after_norm(z)
             out = self.feat_out(z).view(r, self.odim)
