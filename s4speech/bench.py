@@ -583,10 +583,10 @@ def report(res: dict, argv, analysis: str) -> str:
            "(the machine was shared with other jobs: timings are the best of several repetitions)",
            f"- command: `{' '.join(['python -m s4speech.bench'] + list(argv))}` ({res['wall'] / 60:.1f} min)",
            ""]
-    if "update_argv" in res:
-        out[-1:] = [f"- then: `{' '.join(['python -m s4speech.bench'] + list(res['update_argv']))}` (re-ran those "
-                    f"sub-benchmarks; load at its start / end: {res['update_load_start']} / "
-                    f"{res.get('update_load_end', '?')})", ""]
+    for u in res.get("updates", []):  # later runs that replaced some tables (--update)
+        out[-1:] = [f"- then: `{' '.join(['python -m s4speech.bench'] + list(u['argv']))}` (measured the tables it names, "
+                    f"{u.get('wall', float('nan')) / 60:.1f} min; load at its start / end: {u['load_start']} / "
+                    f"{u.get('load_end', '?')})", ""]
     if analysis:
         out += ["<!-- analysis -->", analysis.strip(), "<!-- /analysis -->", ""]
 
@@ -626,7 +626,8 @@ def report(res: dict, argv, analysis: str) -> str:
                 "default allocator settings or with `" + " ".join(f"{k}={v}" for k, v in MALLOC_KEEP.items()) +
                 "` (freed blocks stay in the heap, so the fresh per-step tensors, e.g. the gathered (8, 256, 64) "
                 "states, cost no page faults). Then 10 calls under `torch.profiler`: aten calls per step, and the "
-                "time of the 31 Linear layers (`aten::addmm`; profiled time is a little above the unprofiled one).", "",
+                "time of the 31 Linear layers (`aten::addmm`); profiled total = the aten ops' own CPU time summed (the "
+                "Python between them not included), the share is addmm's part of it.", "",
                 "| prefix L | threads | malloc | best (ms) | median (ms) | aten calls / step | addmm calls | "
                 "addmm (ms) | profiled total (ms) | addmm share |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
@@ -821,8 +822,8 @@ def main(argv=None) -> int:
         if not (a.json and a.json.exists()):
             p.error("--update needs --json with the results of an earlier run")
         old = json.loads(a.json.read_text())
-        res = dict(old, update_argv=argv, update_load_start=res["load_start"])
-        t0 -= old.get("wall", 0)
+        upd = {"argv": argv, "load_start": res["load_start"]}
+        res = dict(old, updates=old.get("updates", []) + [upd])
     else:  # (an update keeps the machine figures the earlier tables were computed with)
         res["rate"] = matmul_rate(torch)
         res["bandwidth"] = copy_bandwidth(torch)
@@ -889,13 +890,13 @@ def main(argv=None) -> int:
     if "e" in only:
         res["e"] = bench_tts(torch, [100, 500] if a.quick else [100, 500, 1000, 2000], reps=1 if a.quick else 2)
     if a.update:
-        res["update_load_end"] = load()
+        upd.update(load_end=load(), wall=time.time() - t0)
     else:
         res["load_end"] = load()
         # the matmul rate is measured again at the end: other processes may have slowed either measurement
         res["rate_start"], res["rate_end"] = res["rate"], matmul_rate(torch)
         res["rate"] = max(res["rate_start"], res["rate_end"])
-    res["wall"] = time.time() - t0
+        res["wall"] = time.time() - t0
     save(res)
     a.out.write_text(report(res, res["argv"], existing_analysis(a.out)))
     print(f"wrote {a.out} ({res['wall'] / 60:.1f} min)")

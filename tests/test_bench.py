@@ -40,3 +40,27 @@ def test_report_states_targets():
     text = bench.report(json.loads(json.dumps(res)), ["--quick"], "")
     assert "our step ≤ 1/10 of ESPnet's s4 step" in text and "**met**" in text
     assert "within 3× of the floor: worst 5.0× → **missed**" in text
+
+
+def test_step_case_profiles_our_step_in_a_subprocess():
+    """(a2): timing and the profiler's count of the step's Linear layers (6 blocks x 5 + output = 31)."""
+    r = bench.run_case({"what": "step", "d": 64, "T": 20, "L": 4, "reps": 2}, 1, env=bench.MALLOC_KEEP)
+    assert "error" not in r, r
+    assert r["addmm_calls"] == 31 and 0 < r["addmm_s"] < r["profiled_s"] and r["aten_calls"] > 31
+
+
+def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
+    """--update: an earlier run's JSON keeps its tables and machine figures; the report names both runs."""
+    res = {"machine": bench.machine(), "rate": 50.0, "bandwidth": 10.0, "load_start": "1", "load_end": "1",
+           "wall": 60, "argv": ["--only", "c"], "rate_start": 50.0, "rate_end": 50.0,
+           "c": [{"kind": k, "T": 10, "d": 64, "tokens": 2, "steps": 2, "wall": t, "flops_ssm_step": 1e8}
+                 for k, t in (("ssm", 1.0), ("s4", 5.0), ("transformer", 6.0))]}
+    js, out = tmp_path / "r.json", tmp_path / "B.md"
+    js.write_text(json.dumps(res))
+    out.write_text("x\n<!-- analysis -->\nkept words\n<!-- /analysis -->\n")
+    assert bench.main(["--only", "a2", "--update", "--json", str(js), "--out", str(out)]) == 0
+    new = json.loads(js.read_text())
+    assert new["c"] == res["c"] and new["rate"] == 50.0 and len(new["a2"]) == 8
+    assert [u["argv"][:2] for u in new["updates"]] == [["--only", "a2"]]
+    text = out.read_text()
+    assert "kept words" in text and "## (a2)" in text and "then: `python -m s4speech.bench --only a2" in text
