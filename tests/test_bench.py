@@ -1,5 +1,7 @@
 """s4speech.bench: the analytic FLOP count, the per-case subprocess measurement, the report."""
 import json
+import subprocess
+import sys
 
 import torch
 
@@ -58,7 +60,10 @@ def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
     js, out = tmp_path / "r.json", tmp_path / "B.md"
     js.write_text(json.dumps(res))
     out.write_text("x\n<!-- analysis -->\nkept words\n<!-- /analysis -->\n")
-    assert bench.main(["--only", "a2", "--update", "--json", str(js), "--out", str(out)]) == 0
+    # a process of its own, as from the shell: the benchmark sets threads, warnings and logging globally
+    p = subprocess.run([sys.executable, "-m", "s4speech.bench", "--only", "a2", "--update", "--json", str(js),
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
     new = json.loads(js.read_text())
     assert new["c"] == res["c"] and new["rate"] == 50.0 and len(new["a2"]) == 8
     assert [u["argv"][:2] for u in new["updates"]] == [["--only", "a2"]]
