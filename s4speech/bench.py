@@ -35,6 +35,8 @@ import time
 import warnings
 from pathlib import Path
 
+from s4speech.data import atomic_write
+
 V = 5000  # LibriSpeech BPE vocabulary
 N_STATE = 64
 BLOCKS = 6
@@ -271,6 +273,16 @@ def flops_s4d_kernel(L, H=256, N=N_STATE) -> float:
 
 
 # ----------------------------------------------------------------------------- (a) step
+def ssm_step_call(torch, dec, x, ys, perm):
+    """Our ``batch_score`` of the last token of ``ys`` (BEAM, L), as a no-argument callable: the
+    states of an L - 1 token prefix (random contents), rows permuted by ``perm`` as in a search."""
+    st0 = dec.init_state(x)
+    base = [0.1 * torch.randn(BEAM, x.shape[-1], N_STATE) for _ in range(BLOCKS)]
+    states = [dict(st0, ssm=base, row=perm[i], pos=ys.shape[1] - 1) for i in range(BEAM)]
+    xs = x.expand(BEAM, *x.shape)
+    return lambda: dec.batch_score(ys, states, xs)
+
+
 def bench_step(torch, d: int, T: int, Ls, reps: int):
     torch.manual_seed(0)
     decs = {k: build(k, d).eval() for k in ("ssm", "s4", "transformer")}
@@ -284,12 +296,7 @@ def bench_step(torch, d: int, T: int, Ls, reps: int):
         ys[:, 0] = V - 1
         res = {}
         with torch.no_grad():
-            # ours: states of a prefix of L - 1 tokens (random contents), rows permuted as in a search
-            dec = decs["ssm"]
-            st0 = dec.init_state(x)
-            base = [0.1 * torch.randn(BEAM, d, N_STATE) for _ in range(BLOCKS)]
-            states = [dict(st0, ssm=base, row=perm[i], pos=L - 1) for i in range(BEAM)]
-            res["ssm"] = timeit(lambda: dec.batch_score(ys, states, xs), reps, 3)
+            res["ssm"] = timeit(ssm_step_call(torch, decs["ssm"], x, ys, perm), reps, 3)
             # ESPnet s4: per hypothesis a list of layer states (complex (1, H, 2N) for S4 layers)
             dec = decs["s4"]
             proto = dec.init_state(x)
@@ -328,14 +335,10 @@ def case_step(torch, d: int, T: int, L: int, reps: int) -> dict:
     torch.manual_seed(0)
     dec = build("ssm", d).eval()
     x = torch.randn(T, d)
-    xs = x.expand(BEAM, T, d)
     perm = torch.randperm(BEAM).tolist()
     ys = torch.randint(0, V - 1, (BEAM, L))
     with torch.no_grad():
-        st0 = dec.init_state(x)
-        base = [0.1 * torch.randn(BEAM, d, N_STATE) for _ in range(BLOCKS)]
-        states = [dict(st0, ssm=base, row=perm[i], pos=L - 1) for i in range(BEAM)]
-        fn = lambda: dec.batch_score(ys, states, xs)  # noqa: E731
+        fn = ssm_step_call(torch, dec, x, ys, perm)
         best, med = timeit(fn, reps, 3)
         n = 10
         with profile() as prof:
@@ -792,7 +795,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.report_from:
         res = json.loads(a.report_from.read_text())
-        a.out.write_text(report(res, res.get("argv", argv), existing_analysis(a.out)))
+        atomic_write(a.out, report(res, res.get("argv", argv), existing_analysis(a.out)))
         print(f"wrote {a.out}")
         return 0
     torch = _setup(a.threads)
@@ -812,9 +815,7 @@ def main(argv=None) -> int:
 
     def save(res):  # after every sub-benchmark: a long run that dies keeps what it measured
         if a.json:
-            tmp = a.json.with_name(a.json.name + ".tmp")
-            tmp.write_text(json.dumps(res, indent=1))
-            tmp.replace(a.json)
+            atomic_write(a.json, json.dumps(res, indent=1))
 
     t0 = time.time()
     res = {"machine": machine(), "load_start": load(), "argv": argv}
@@ -898,8 +899,8 @@ def main(argv=None) -> int:
         res["rate"] = max(res["rate_start"], res["rate_end"])
         res["wall"] = time.time() - t0
     save(res)
-    a.out.write_text(report(res, res["argv"], existing_analysis(a.out)))
-    print(f"wrote {a.out} ({res['wall'] / 60:.1f} min)")
+    atomic_write(a.out, report(res, res["argv"], existing_analysis(a.out)))
+    print(f"wrote {a.out} ({(upd if a.update else res)['wall'] / 60:.1f} min)")
     return 0
 
 

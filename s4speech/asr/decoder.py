@@ -18,9 +18,8 @@ import torch.nn as nn
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet.nets.scorer_interface import BatchScorerInterface
 
-from s4speech.nn import CrossAttention, FeedForward, StrictLoadMixin
+from s4speech.nn import CrossAttention, FeedForward, StrictLoadMixin, rows_linear
 from s4speech.ssm.layer import SSMLayer
-from s4speech.nn import rows_linear
 
 
 class DecoderBlock(nn.Module):

@@ -71,6 +71,11 @@ def _log_dt(H: int, dt_min: float, dt_max: float) -> torch.Tensor:
     return torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
 
 
+def _trains(module: nn.Module) -> bool:
+    """Would a computation from this module's parameters build an autograd graph now?"""
+    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+
+
 class _Cached:
     """Cache of a function of a module's parameters, keyed on their versions."""
 
@@ -79,7 +84,7 @@ class _Cached:
         self.value = None
 
     def get(self, module: nn.Module, fn):
-        if torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()):
+        if _trains(module):
             return fn()  # training through the recurrence: never cache a graph
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
         key += tuple((b.data_ptr(), b._version) for b in module.buffers())
@@ -298,7 +303,7 @@ class S4Kernel(nn.Module):
         n = self.N // 2
         S = 1 << max(0, math.ceil(math.log2(max(L, 1)) * BLOCK_EXPONENT))  # block length ~ L^0.6
         m = -(-L // S)  # blocks
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        if _trains(self):
             # the (H, N, N) powers are cheap to recompute and ~7 of them would be kept per layer
             c_t = checkpoint(self._block_outputs, S, m, dtype, use_reentrant=False)
         else:
