@@ -22,8 +22,7 @@ def rows_linear(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``lin(x)`` for a few rows x (n, d_in), computed as (W x^T + b)^T.
 
     Same result as ``lin(x)``; for the handful of rows of a decoding step (n = beam) this orientation
-    lets the BLAS stream the weight once without packing it, measured 1.2-2.7x faster on CPU
-    (``s4speech bench``, table a). Returns a transposed (non-contiguous) view."""
+    lets the BLAS stream the weight once without packing it. Returns a transposed (non-contiguous) view."""
     return torch.addmm(lin.bias[:, None], lin.weight, x.T).T
 
 

@@ -304,7 +304,7 @@ class S4Kernel(nn.Module):
         S = 1 << max(0, math.ceil(math.log2(max(L, 1)) * BLOCK_EXPONENT))  # block length ~ L^0.6
         m = -(-L // S)  # blocks
         if _trains(self):
-            # the (H, N, N) powers are cheap to recompute and ~7 of them would be kept per layer
+            # the (H, N, N) matrices of the repeated squaring are cheap to recompute; kept, they cost memory per layer
             c_t = checkpoint(self._block_outputs, S, m, dtype, use_reentrant=False)
         else:
             c_t = self._block_outputs(S, m, dtype)
