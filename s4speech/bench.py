@@ -35,7 +35,7 @@ import time
 import warnings
 from pathlib import Path
 
-from s4speech.data import atomic_write
+from s4speech.io.files import atomic_write
 
 V = 5000  # LibriSpeech BPE vocabulary
 N_STATE = 64
@@ -110,7 +110,7 @@ def mem_available() -> int:
 def machine() -> dict:
     import torch
 
-    from s4speech.scoring import cpu_model
+    from s4speech.io.machine import cpu_model
 
     cpu = cpu_model()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s4speech.scoring import cpu_model
+from s4speech.io.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def speech_sources(args) -> list[tuple[Path, str]]:
                 raise SystemExit("--texts needs one line per --wavs file")
         return list(zip(map(Path, args.wavs), texts))
     sys.path.insert(0, str(REPO))
-    from local.asterisk import fetch, read_prompts, split_prompts
+    from s4speech.corpora.asterisk import fetch, read_prompts, split_prompts
 
     prompts = read_prompts(fetch(args.corpus_dir))
     test = split_prompts(prompts)["test"]
@@ -71,7 +71,7 @@ def make_recording(sources, seconds: float, path: Path, rate: int, seed: int = 0
     """Write ``path`` (16-bit WAV at ``rate``): sources cycled with 0.3-0.8 s pauses; returns the reference text."""
     import soundfile as sf
 
-    from s4speech.audio import read
+    from s4speech.io.audio import read
 
     rng = np.random.default_rng(seed)
     cache: dict[Path, np.ndarray] = {}
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
                      f"{r['wall']:.1f} | {r['wall'] / r['duration']:.3f} | {r['rss_load']:.0f} | {r['rss_peak']:.0f} | "
                      f"{'n/a' if wer != wer else f'{wer:.1%}'} |")
     out = Path(args.out)
-    from s4speech.data import atomic_write
+    from s4speech.io.files import atomic_write
 
     atomic_write(out, replace_section(out.read_text() if out.exists() else "", "\n".join(lines)))
     print("\n".join(lines))

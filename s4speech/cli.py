@@ -1,8 +1,8 @@
 """``s4speech`` command: one entry point, a sub-command per tool.
 
-    s4speech recipe ...      the ASR stage runner (python -m s4speech.recipe)
+    s4speech recipe ...      the stage runner of every recipe, ASR and TTS (python -m s4speech.recipe)
     s4speech transcribe ...  transcribe long recordings (python -m s4speech.transcribe)
-    s4speech synthesize ...  text to speech with a trained TTS model (python -m s4speech.synthesize)
+    s4speech synthesize ...  text to speech with a trained TTS model (python -m s4speech.tts.synthesize)
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import sys
 COMMANDS = {
     "recipe": ("s4speech.recipe", "run a recipe's stages (data, train, decode, score, report)"),
     "bench": ("s4speech.bench", "benchmarks against ESPnet's s4 and transformer decoders (BENCHMARKS.md)"),
-    "import-espnet-s4": ("s4speech.convert", "convert a model with ESPnet's 'decoder: s4' to 'decoder: ssm'"),
+    "import-espnet-s4": ("s4speech.asr.convert", "convert a model with ESPnet's 'decoder: s4' to 'decoder: ssm'"),
     "transcribe": ("s4speech.transcribe", "transcribe long recordings to txt, SRT, WebVTT or JSON"),
-    "synthesize": ("s4speech.synthesize", "text to speech with a trained TTS model (WAV, optional plots)"),
+    "synthesize": ("s4speech.tts.synthesize", "text to speech with a trained TTS model (WAV, optional plots)"),
 }
 
 

@@ -45,8 +45,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from s4speech.audio import AudioError, AudioReader, check_levels, probe
-from s4speech.data import atomic_write
+from s4speech.io.audio import AudioError, AudioReader, check_levels, probe
+from s4speech.io.files import atomic_write
 
 log = logging.getLogger("s4speech.transcribe")
 

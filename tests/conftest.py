@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s4speech.data import Utterance, write_kaldi_dir
+from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -17,7 +17,7 @@ import yaml
 
 import s4speech  # noqa: F401
 from s4speech.asr.decoder import SSMDecoder
-from s4speech.convert import UnsupportedModel, convert, convert_decoder_conf, espnet_recurrent_logits, main
+from s4speech.asr.convert import UnsupportedModel, convert, convert_decoder_conf, espnet_recurrent_logits, main
 
 V, D = 12, 32
 SOS = V - 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s4speech.data import read_table
+from s4speech.io.kaldi import read_table
 
 from conftest import CONFIGS, ROOT
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from local import asterisk
-from local.asterisk import Prompt, fetch, normalize_text, prepare, read_prompts
-from s4speech.data import read_table
+from s4speech.corpora import asterisk
+from s4speech.corpora.asterisk import Prompt, fetch, normalize_text, prepare, read_prompts
+from s4speech.io.kaldi import read_table
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 AN4 = SHARED / "data" / "mini_an4"

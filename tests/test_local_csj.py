@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from local import csj
-from local.csj import normalize_words
-from s4speech.data import read_table
+from s4speech.corpora import csj
+from s4speech.corpora.csj import normalize_words
+from s4speech.io.kaldi import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

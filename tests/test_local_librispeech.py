@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from local import librispeech as ls
-from s4speech.data import read_table
+from s4speech.corpora import librispeech as ls
+from s4speech.io.kaldi import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import s4speech  # noqa: F401
-from s4speech.scoring import score, table
+from s4speech.metrics.asr import score, table
 
 ROOT = Path(__file__).resolve().parents[1]
 ASR_CONFIGS = sorted(ROOT.glob("conf/*/asr_*.yaml"))
@@ -68,7 +68,7 @@ def test_a_failing_stage_is_named_with_its_cause(tmp_path):
 
 
 def test_format_skips_a_bad_file_and_keeps_the_rest(tmp_path, shared_data):
-    from s4speech.data import Utterance, read_table, write_kaldi_dir
+    from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
     from s4speech.recipe import format_set
 
     bad = tmp_path / "bad.wav"

@@ -17,7 +17,7 @@ import soundfile as sf
 from conftest import SHARED
 
 import s4speech.transcribe as T
-from s4speech.audio import AudioError, AudioReader, read
+from s4speech.io.audio import AudioError, AudioReader, read
 from s4speech.cli import main as cli_main
 
 AN4 = sorted((SHARED / "mini_an4" / "wav").glob("*/*/*.sph"))

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import s4speech  # noqa: F401  registers tts: ssm
-from s4speech.data import Utterance, read_table, write_kaldi_dir
+from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
 from s4speech.tts.model import SSMTTS
 
 from conftest import ROOT, an4_utts
@@ -236,7 +236,7 @@ def test_recipe_synthesizes_evaluates_and_reports(tts_run):
 
 @pytest.fixture(scope="module")
 def synthesizer(tts_run):
-    from s4speech.synthesize import Synthesizer
+    from s4speech.tts.synthesize import Synthesizer
 
     return Synthesizer(tts_run / "exp/tts_tts_ssm", maxlenratio=3.0, chunk_chars=40, max_chars=2000)
 
@@ -252,7 +252,7 @@ def test_synthesizer_through_text2speech(synthesizer):
 
 
 def test_synthesizer_text_errors_and_long_text_is_split(synthesizer):
-    from s4speech.synthesize import TextError
+    from s4speech.tts.synthesize import TextError
 
     for bad, msg in [("", "empty text"), ("   \n\t ", "empty text"), ("жжж ыыы", "no character"),
                      ("a" * 10_000, "more than --max_chars")]:
@@ -329,7 +329,7 @@ def make_ljspeech(root: Path, clip: Path) -> Path:
 
 
 def test_ljspeech_prepare_on_a_generated_tree(tmp_path, shared_data, caplog):
-    from local import ljspeech
+    from s4speech.corpora import ljspeech
 
     root = make_ljspeech(tmp_path / "corpus", shared_data / "misc/LJ050-0131.wav")
     with caplog.at_level(logging.WARNING, logger="local.ljspeech"):
@@ -375,7 +375,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_ljspeech_download_resumes_and_unpacks(tmp_path, shared_data):
-    from local import ljspeech
+    from s4speech.corpora import ljspeech
 
     src = make_ljspeech(tmp_path / "src", shared_data / "misc/LJ050-0131.wav")
     served = tmp_path / "www"
@@ -413,7 +413,7 @@ def _voice(f0: float, formant: float, fs: int = 8000, seconds: float = 1.0) -> n
 
 
 def test_mcd_and_f0_measures():
-    from s4speech.tts import evaluate as ev
+    from s4speech.metrics import tts as ev
 
     a, b = _voice(140, 700), _voice(210, 1600)
     assert ev.mcd(a, a, 8000) == pytest.approx(0.0, abs=1e-6)
@@ -437,7 +437,7 @@ def test_mcd_and_f0_measures():
 def test_cer_asr_model_of_another_recipe_dir_loads(asr_recipe_run, shared_data, tmp_path, monkeypatch):
     """The TTS evaluation transcribes with an ASR experiment whose config holds paths relative to its own
     recipe dir (recipes/demo/tts1 uses ../asr1/exp/asr_asr_ssm): it must load from elsewhere."""
-    from s4speech.tts.evaluate import transcribe
+    from s4speech.metrics.tts import transcribe
 
     work, _ = asr_recipe_run
     monkeypatch.chdir(tmp_path)  # not the ASR recipe dir

@@ -18,50 +18,8 @@ import torch.nn as nn
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet.nets.scorer_interface import BatchScorerInterface
 
-from s4speech.nn import CrossAttention, FeedForward, StrictLoadMixin, rows_linear
-from s4speech.ssm.layer import SSMLayer
-
-
-class DecoderBlock(nn.Module):
-    def __init__(self, d_model, d_memory, heads, d_ff, dropout, ff_activation="gelu", normalize_before=True,
-                 **ssm_kw):
-        super().__init__()
-        self.ssm = SSMLayer(d_model, dropout=dropout, **ssm_kw)
-        self.src_attn = CrossAttention(d_model, d_memory, heads, dropout)
-        self.ff = FeedForward(d_model, d_ff, dropout, ff_activation)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
-
-    def forward(self, x, k, v, mask):
-        """Teacher forcing. x: (B, L, d)."""
-        if not self.normalize_before:  # post-norm: x = norm(x + f(x))
-            x = self.norm1(x + self.dropout(self.ssm(x)))
-            x = self.norm2(x + self.dropout(self.src_attn(x, k, v, mask)))
-            return self.norm3(x + self.dropout(self.ff(x)))
-        x = x + self.dropout(self.ssm(self.norm1(x)))
-        x = x + self.dropout(self.src_attn(self.norm2(x), k, v, mask))
-        return x + self.dropout(self.ff(self.norm3(x)))
-
-    def _attend(self, x, k, v, mask):
-        if mask is None and k.shape[0] == 1:  # one memory shared by all hypotheses
-            return self.src_attn.step(x, k, v)
-        return self.src_attn(x[:, None], k, v, mask)[:, 0]
-
-    def step(self, x, state, k, v, mask, inplace=False):
-        """One token. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk).
-
-        ``inplace``: the new state overwrites ``state`` (see ``SSMLayer.step``)."""
-        ff = self.ff if self.training else self.ff.step
-        if not self.normalize_before:
-            h, state = self.ssm.step(x, state, inplace)
-            x = self.norm1(x + h)
-            x = self.norm2(x + self._attend(x, k, v, mask))
-            return self.norm3(x + ff(x)), state
-        h, state = self.ssm.step(self.norm1(x), state, inplace)
-        x = x + h
-        x = x + self._attend(self.norm2(x), k, v, mask)
-        return x + ff(self.norm3(x)), state
+from s4speech.nn import StrictLoadMixin, rows_linear
+from s4speech.nn.blocks import DecoderBlock
 
 
 class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):

@@ -12,7 +12,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet.nets.pytorch_backend.transformer.subsampling import (
@@ -22,8 +21,8 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
     Conv2dSubsampling8,
 )
 
-from s4speech.nn import FeedForward, StrictLoadMixin
-from s4speech.ssm.layer import SSMLayer
+from s4speech.nn import StrictLoadMixin
+from s4speech.nn.blocks import EncoderBlock
 
 SUBSAMPLING = {
     "conv2d": Conv2dSubsampling,
@@ -31,50 +30,6 @@ SUBSAMPLING = {
     "conv2d6": Conv2dSubsampling6,
     "conv2d8": Conv2dSubsampling8,
 }
-
-
-class ConvModule(nn.Module):
-    """Conformer-style: pointwise -> GLU -> depthwise (masked) -> LayerNorm -> SiLU -> pointwise."""
-
-    def __init__(self, d: int, kernel_size: int):
-        super().__init__()
-        assert kernel_size % 2 == 1, "conv kernel size must be odd"
-        self.pw1 = nn.Conv1d(d, 2 * d, 1)
-        self.dw = nn.Conv1d(d, d, kernel_size, padding=kernel_size // 2, groups=d)
-        self.norm = nn.LayerNorm(d)
-        self.pw2 = nn.Conv1d(d, d, 1)
-
-    def forward(self, x, mask):
-        """x: (B, T, d), mask: (B, T) True on valid frames."""
-        x = F.glu(self.pw1(x.transpose(1, 2)), dim=1)
-        x = self.dw(x.masked_fill(~mask[:, None], 0.0))
-        x = F.silu(self.norm(x.transpose(1, 2)))
-        return self.pw2(x.transpose(1, 2)).transpose(1, 2)
-
-
-class EncoderBlock(nn.Module):
-    def __init__(self, d, d_ff, dropout, macaron, conv_kernel, **ssm_kw):
-        super().__init__()
-        self.ff1 = FeedForward(d, d_ff, dropout) if macaron else None
-        self.ssm = SSMLayer(d, bidirectional=True, dropout=dropout, **ssm_kw)
-        self.conv = ConvModule(d, conv_kernel) if conv_kernel else None
-        self.ff2 = FeedForward(d, d_ff, dropout)
-        n_norms = 2 + (self.ff1 is not None) + (self.conv is not None) + (self.ff1 is not None)
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(n_norms))
-        self.dropout = nn.Dropout(dropout)
-        self.ff_scale = 0.5 if macaron else 1.0
-
-    def forward(self, x, mask):
-        norms = iter(self.norms)
-        if self.ff1 is not None:
-            x = x + self.ff_scale * self.dropout(self.ff1(next(norms)(x)))
-        x = x + self.dropout(self.ssm(next(norms)(x), mask))
-        if self.conv is not None:
-            x = x + self.dropout(self.conv(next(norms)(x), mask))
-        x = x + self.ff_scale * self.dropout(self.ff2(next(norms)(x)))
-        if self.ff1 is not None:
-            x = next(norms)(x)  # final norm of a macaron block
-        return x
 
 
 class SSMEncoder(StrictLoadMixin, AbsEncoder):

@@ -32,36 +32,10 @@ from espnet.nets.pytorch_backend.tacotron2.encoder import Encoder as EncoderPren
 from espnet.nets.pytorch_backend.transformer.embedding import ScaledPositionalEncoding
 from espnet.nets.pytorch_backend.transformer.encoder import Encoder as TransformerEncoder
 
-from s4speech.asr.decoder import DecoderBlock
-from s4speech.asr.encoder import EncoderBlock
 from s4speech.nn import StrictLoadMixin
+from s4speech.nn.blocks import DecoderBlock, EncoderBlock
 
 LOSS_TYPES = ("L1", "L2", "L1+L2")
-
-
-class TTSDecoderBlock(DecoderBlock):
-    """The ASR decoder block, also returning its cross-attention weights."""
-
-    def forward(self, x, k, v, mask):
-        """Teacher forcing. x: (B, L, d) -> x, weights (B, heads, L, T)."""
-        x = x + self.dropout(self.ssm(self.norm1(x)))
-        a, w = self.src_attn(self.norm2(x), k, v, mask, return_weights=True)
-        x = x + self.dropout(a)
-        return x + self.dropout(self.ff(self.norm3(x))), w
-
-    def step(self, x, state, k, v, mask, inplace=False):
-        """One frame. x: (B, d), state: (B, H, N) -> x, state, weights (B, heads, T).
-
-        ``inplace``: the new state overwrites ``state`` (see ``SSMLayer.step``)."""
-        h, state = self.ssm.step(self.norm1(x), state, inplace)
-        x = x + h
-        if mask is None and k.shape[0] == 1 and not self.training:  # inference: Linear layers as W x^T
-            a, w = self.src_attn.step(self.norm2(x), k, v, return_weights=True)
-            x = x + a
-            return x + self.ff.step(self.norm3(x)), state, w
-        a, w = self.src_attn(self.norm2(x)[:, None], k, v, mask, return_weights=True)
-        x = x + a[:, 0]
-        return x + self.ff(self.norm3(x)), state, w[:, :, 0]
 
 
 class SSMTextEncoder(nn.Module):
@@ -221,7 +195,7 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
         else:
             self.prenet = nn.Linear(odim, adim)
         self.decoders = nn.ModuleList(
-            TTSDecoderBlock(adim, adim, aheads, dunits, dec_dropout_rate, **ssm_kw) for _ in range(dlayers)
+            DecoderBlock(adim, adim, aheads, dunits, dec_dropout_rate, **ssm_kw) for _ in range(dlayers)
         )
         self.after_norm = nn.LayerNorm(adim)
         self.feat_out = nn.Linear(adim, odim * reduction_factor)
@@ -285,7 +259,7 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
         att_ws = []
         for blk in self.decoders:
             k, v = blk.src_attn.memory(hs)
-            z, w = blk(z, k, v, mask)
+            z, w = blk(z, k, v, mask, return_weights=True)
             att_ws.append(w)
         z = self.after_norm(z)
         before = self.feat_out(z).view(z.shape[0], -1, self.odim)
@@ -388,7 +362,7 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
             z = self.prenet(y)
             ws = []
             for i, (blk, (k, v)) in enumerate(zip(self.decoders, kv)):
-                z, states[i], w = blk.step(z, states[i], k, v, None, inplace=True)  # states: ours alone
+                z, states[i], w = blk.step(z, states[i], k, v, None, inplace=True, return_weights=True)  # states: ours alone
                 ws.append(w[0])
             z = self.after_norm(z)
             out = self.feat_out(z).view(r, self.odim)

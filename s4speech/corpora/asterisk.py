@@ -36,7 +36,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import soundfile as sf
 
-from s4speech.data import Utterance, atomic_write, write_kaldi_dir
+from s4speech.io.files import atomic_write
+from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 logger = logging.getLogger("local.asterisk")  # also when run as __main__
 

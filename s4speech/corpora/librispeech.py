@@ -50,7 +50,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import soundfile as sf
 
-from s4speech.data import Utterance, atomic_write, read_table, write_kaldi_dir
+from s4speech.io.files import atomic_write
+from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import soundfile as sf
 
-from s4speech.data import Utterance, write_kaldi_dir
+from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 logger = logging.getLogger("local.ljspeech")
 

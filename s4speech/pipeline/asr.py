@@ -32,7 +32,8 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from s4speech.data import atomic_write, read_table, write_kaldi_dir, Utterance
+from s4speech.io.files import atomic_write
+from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
 
 log = logging.getLogger("s4speech.recipe")
 REPO = Path(__file__).resolve().parents[1]
@@ -406,7 +407,7 @@ def stage_decode(r: Recipe, sets=None) -> None:
 
 
 def stage_score(r: Recipe, sets=None) -> dict:
-    from s4speech.scoring import score_dir
+    from s4speech.metrics.asr import score_dir
 
     results = {}
     for cfg in r.asr_configs:
@@ -419,7 +420,7 @@ def stage_score(r: Recipe, sets=None) -> dict:
 def stage_longform(r: Recipe) -> None:
     if not r.long_sets:
         return log.info("long-form: no long-form test sets configured")
-    from s4speech.scoring import plot_wer_vs_length
+    from s4speech.metrics.asr import plot_wer_vs_length
 
     stage_score(r, r.long_sets)
     runs = {r.system(c).name: [(r.dumpdir / "raw" / s, decode_dir(r, r.system(c), s)) for s in r.long_sets]
@@ -428,7 +429,7 @@ def stage_longform(r: Recipe) -> None:
 
 
 def stage_report(r: Recipe) -> None:
-    from s4speech.scoring import write_report
+    from s4speech.metrics.asr import write_report
 
     res = stage_score(r, r.test_sets + r.long_sets)
     path = write_report(r, res, Path("RESULTS.md"))

@@ -6,11 +6,11 @@ naming the directory and the utterance.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from s4speech.io.files import atomic_write
 
 
 @dataclass
@@ -21,21 +21,6 @@ class Utterance:
     text: str
     start: float | None = None  # seconds into `audio` (segments file) when set
     end: float | None = None
-
-
-def atomic_write(path: str | Path, content: str) -> None:
-    """Write a text file so that readers see either the old or the whole new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_kaldi_dir(data_dir: str | Path, utts: Iterable[Utterance]) -> int:
@@ -90,3 +75,48 @@ def read_table(path: str | Path) -> dict[str, str]:
                 raise ValueError(f"{path}:{n}: duplicate key {key!r}")
             out[key] = value.strip()
     return out
+
+
+def read_segments(path: str | Path) -> dict[str, tuple[str, float, float]]:
+    """A Kaldi ``segments`` file -> {utt: (recording, start s, end s)}; a malformed line is an error naming it."""
+    out = {}
+    for utt, value in read_table(path).items():
+        fields = value.split()
+        try:
+            rec, start, end = fields[0], float(fields[1]), float(fields[2])
+        except (IndexError, ValueError):
+            raise ValueError(f"{path}: malformed line for {utt!r} (expected: utt recording start end)") from None
+        if len(fields) != 3 or end <= start:
+            raise ValueError(f"{path}: malformed line for {utt!r} (expected: utt recording start end, end > start)")
+        out[utt] = (rec, start, end)
+    return out
+
+
+@dataclass
+class KaldiDir:
+    """The tables of a Kaldi data dir, read once: wav.scp, text, utt2spk and segments (None when absent)."""
+
+    path: Path
+    wav: dict[str, str]
+    text: dict[str, str]
+    utt2spk: dict[str, str]
+    segments: dict[str, tuple[str, float, float]] | None
+
+    @classmethod
+    def read(cls, data_dir: str | Path) -> "KaldiDir":
+        d = Path(data_dir)
+        seg = read_segments(d / "segments") if (d / "segments").is_file() else None
+        return cls(d, read_table(d / "wav.scp"), read_table(d / "text"), read_table(d / "utt2spk"), seg)
+
+    def source(self, utt: str) -> tuple[str, float | None, float | None]:
+        """(audio path, start, end) of an utterance: its segment of a recording, or its own file."""
+        if self.segments is not None:
+            if utt not in self.segments:
+                raise KeyError(f"{self.path / 'segments'}: no entry for {utt!r}")
+            rec, start, end = self.segments[utt]
+            if rec not in self.wav:
+                raise KeyError(f"{self.path / 'wav.scp'}: no recording {rec!r} (of {utt!r})")
+            return self.wav[rec], start, end
+        if utt not in self.wav:
+            raise KeyError(f"{self.path / 'wav.scp'}: no entry for {utt!r}")
+        return self.wav[utt], None, None

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jiwer
 
-from s4speech.data import atomic_write, read_table
+from s4speech.io.files import atomic_write
+from s4speech.io.kaldi import read_table
 
 COLUMNS = ["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"]
 

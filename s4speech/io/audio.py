@@ -1,4 +1,6 @@
-"""Reading audio for transcription: block-wise, mono, resampled on the fly, checked.
+"""Audio: block-wise reading for transcription (mono, resampled on the fly, checked), whole files and
+segments for data preparation, atomic FLAC/WAV writing.
+
 
     reader = AudioReader("talk.flac", target_rate=16000)   # opens the header, checks it
     for block in reader.blocks():                           # float32 mono blocks at 16 kHz
@@ -29,7 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
-log = logging.getLogger("s4speech.audio")
+log = logging.getLogger(__name__)
 
 MIN_DURATION = 0.1  # seconds
 MAX_CHANNELS = 2
@@ -290,3 +292,43 @@ def read(path: str | os.PathLike, target_rate: int | None = None) -> tuple[np.nd
     blocks = list(r.blocks())
     check_levels(r)
     return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), r.target_rate
+
+
+# ---- whole files and segments (data preparation) ---------------------------------------------------
+AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
+
+
+def load_segment(spec: str, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
+    """A wav.scp entry (a path; Kaldi pipes are not supported), optionally only ``start``..``end`` seconds
+    of it -> (mono float32 samples, rate)."""
+    import soundfile as sf
+
+    if spec.rstrip().endswith("|"):
+        raise ValueError(f"Kaldi pipe entries are not supported in wav.scp: {spec!r}")
+    with sf.SoundFile(spec) as f:
+        rate = f.samplerate
+        a = 0 if start is None else int(round(start * rate))
+        b = f.frames if end is None else min(int(round(end * rate)), f.frames)
+        if a >= b:
+            raise ValueError(f"{spec}: empty segment {start}-{end} s (the file has {f.frames / rate:.2f} s)")
+        f.seek(a)
+        x = f.read(b - a, dtype="float32", always_2d=True)
+    return x.mean(axis=1), rate
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, audio_format: str | None = None) -> Path:
+    """Write mono samples atomically as 16-bit FLAC or WAV (``audio_format``, default: the path's suffix).
+    Float samples beyond [-1, 1] are scaled down, not clipped."""
+    import soundfile as sf
+
+    from s4speech.io.files import atomic_output
+
+    fmt = (audio_format or Path(path).suffix.lstrip(".")).lower()
+    if fmt not in AUDIO_FORMATS:
+        raise ValueError(f"{path}: unknown audio format {fmt!r} (one of {', '.join(AUDIO_FORMATS)})")
+    if x.dtype.kind == "f" and x.size:
+        peak = float(np.abs(x).max())
+        if peak > 1.0:
+            x = x / peak * 0.99
+    container, subtype = AUDIO_FORMATS[fmt]
+    return atomic_output(path, lambda tmp: sf.write(tmp, x, rate, format=container, subtype=subtype))

@@ -103,10 +103,10 @@ from typing import Sequence
 
 import soundfile as sf
 
-from s4speech.data import Utterance, write_kaldi_dir
+from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 try:  # run as `python -m local.csj` or imported as `local.csj`
-    from local.librispeech import by_speaker, concat_long_form
+    from s4speech.corpora.librispeech import by_speaker, concat_long_form
 except ImportError:  # pragma: no cover - imported with local/ itself on sys.path
     from librispeech import by_speaker, concat_long_form  # type: ignore
 

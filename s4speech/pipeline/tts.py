@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from s4speech import recipe as asr_recipe
-from s4speech.data import atomic_write, read_table
+from s4speech.io.files import atomic_write
+from s4speech.io.kaldi import read_table
 from s4speech.recipe import StageError, done, mark_done, run
 
 log = logging.getLogger("s4speech.tts.recipe")
@@ -143,7 +144,7 @@ def stage_stats(r: TTSRecipe) -> None:
 
 
 def model_file(sysdir: Path) -> Path:
-    from s4speech.synthesize import MODEL_FILES
+    from s4speech.tts.synthesize import MODEL_FILES
 
     for name in MODEL_FILES:
         if (sysdir / name).exists():
@@ -203,7 +204,7 @@ def eval_sets(r: TTSRecipe) -> dict[str, dict[str, str]]:
 def stage_synthesize(r: TTSRecipe) -> None:
     from tqdm import tqdm
 
-    from s4speech.synthesize import Synthesizer, write_wav
+    from s4speech.tts.synthesize import Synthesizer, write_wav
 
     for cfg in r.tts_configs:
         sysdir = r.system(cfg)
@@ -241,8 +242,8 @@ def stage_evaluate(r: TTSRecipe) -> None:
     import soundfile as sf
     from tqdm import tqdm
 
-    from s4speech.scoring import score
-    from s4speech.tts import evaluate as ev
+    from s4speech.metrics.asr import score
+    from s4speech.metrics import tts as ev
 
     sets = eval_sets(r)
     fpc = frames_per_char(r)
@@ -314,7 +315,7 @@ def _count_params(sysdir: Path) -> int | None:
 
 
 def stage_report(r: TTSRecipe, path: Path = Path("RESULTS.md")) -> Path:
-    from s4speech.scoring import cpu_model
+    from s4speech.io.machine import cpu_model
 
     import torch
 
