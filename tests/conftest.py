@@ -12,7 +12,6 @@ from s4speech.io.kaldi import Utterance, write_kaldi_dir
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = [ROOT / "conf/demo/asr_ssm.yaml", ROOT / "conf/demo/asr_transformer.yaml"]
-sys.path.insert(0, str(ROOT))  # `local/` corpus preparation modules
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -146,7 +146,7 @@ def test_normalize_text():
 
 def test_read_prompts_skips_bad_entries_with_warnings(an4_tree, caplog):
     assert fetch(an4_tree) == an4_tree  # an unpacked tree is used as it is
-    caplog.set_level(logging.WARNING, logger="local.asterisk")
+    caplog.set_level(logging.WARNING, logger="s4speech.corpora.asterisk")
     prompts = read_prompts(an4_tree)
     assert sorted(p.prompt_id for p in prompts) == GOOD
     assert all(isinstance(p, Prompt) and p.wav_path == an4_tree / SOUNDS / f"{p.prompt_id}.wav" for p in prompts)

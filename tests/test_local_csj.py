@@ -162,11 +162,11 @@ def prepared(corpus, tmp_path_factory):
     root, lect, audio = corpus
     data = tmp_path_factory.mktemp("csj_data")
     handler = _Collect()
-    logging.getLogger("local.csj").addHandler(handler)
+    logging.getLogger("s4speech.corpora.csj").addHandler(handler)
     try:
         counts = csj.prepare(root, data, sets=("train", "dev", "eval1"))
     finally:
-        logging.getLogger("local.csj").removeHandler(handler)
+        logging.getLogger("s4speech.corpora.csj").removeHandler(handler)
     return data, counts, handler.messages
 
 
@@ -386,7 +386,7 @@ def test_long_form_by_lecture(corpus, prepared, tmp_path):
 
 def test_cli(corpus, tmp_path):
     root, _, _ = corpus
-    r = subprocess.run([sys.executable, "-m", "local.csj", "--corpus_dir", str(root),
+    r = subprocess.run([sys.executable, "-m", "s4speech.corpora.csj", "--corpus_dir", str(root),
                         "--data_dir", str(tmp_path / "data"), "--sets", "eval1", "dev"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -395,7 +395,8 @@ def test_cli(corpus, tmp_path):
 
 
 def test_recipe_runner_stage1_to_3(corpus, tmp_path):
-    """The CSJ recipe's runner: data preparation (with segments) and formatting into per-utterance WAVs."""
+    """The CSJ recipe's runner: data preparation (with segments) and formatting without copying audio:
+    the dumped set keeps the segments into the lecture WAVs, which ESPnet reads as `kaldi_segments`."""
     root, _, _ = corpus
     cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "csj", "--corpus_dir", str(root),
            "--stage", "1", "--stop_stage", "3", "--train_set", "train", "--valid_set", "dev",
@@ -403,9 +404,25 @@ def test_recipe_runner_stage1_to_3(corpus, tmp_path):
     p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     seg = read_table(tmp_path / "data/eval1/segments")
-    dumped = read_table(tmp_path / "dump/raw/eval1/wav.scp")
-    assert set(dumped) == set(seg)
-    for utt, (rec, s, e) in ((u, v.split()) for u, v in seg.items()):
-        dur = sf.info(dumped[utt]).duration
-        assert abs(dur - (float(e) - float(s))) < 0.01
+    rec_in = read_table(tmp_path / "data/eval1/wav.scp")
+    dumped_seg = read_table(tmp_path / "dump/raw/eval1/segments")
+    dumped_wav = read_table(tmp_path / "dump/raw/eval1/wav.scp")
+    assert set(dumped_seg) == set(seg)
+    n = {u: int(v) for u, v in read_table(tmp_path / "dump/raw/eval1/utt2num_samples").items()}
+    for utt, value in seg.items():
+        rec, s, e = value.split()
+        rec2, s2, e2 = dumped_seg[utt].split()
+        assert (float(s2), float(e2)) == (float(s), float(e))
+        assert Path(dumped_wav[rec2]).resolve() == Path(rec_in[rec]).resolve()  # the lecture itself
+        assert n[utt] == round(float(e) * SR) - round(float(s) * SR)
+    assert not list((tmp_path / "dump").rglob("*.wav")) and not list((tmp_path / "dump").rglob("*.flac"))
     assert read_table(tmp_path / "dump/raw/eval1/text") == read_table(tmp_path / "data/eval1/text")
+    # ESPnet's data loader reads the segments (registered by `import s4speech`)
+    code = ("import s4speech, sys\nfrom espnet2.train.dataset import ESPnetDataset\n"
+            "ds = ESPnetDataset([(sys.argv[1], 'speech', 'kaldi_segments')])\n"
+            "print(' '.join(f'{k}:{len(ds[k][1][\"speech\"])}' for k in sorted(ds.loader_dict['speech'].keys())))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dump/raw/eval1/segments")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = dict(x.split(":") for x in p.stdout.split())
+    assert {u: int(v) for u, v in got.items()} == n

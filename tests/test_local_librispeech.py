@@ -168,7 +168,7 @@ def test_malformed_input_is_skipped_with_warnings(tmp_path, caplog):
     (d / "1688-142285-0003.flac").write_bytes(b"fLaC this is not a flac file" * 10)  # unreadable
     orphan = write_chapter(part, "2033", "164914", [an4[6]])
     (orphan / "2033-164914.trans.txt").unlink()  # chapter without transcript file
-    with caplog.at_level(logging.WARNING, logger="local.librispeech"):
+    with caplog.at_level(logging.WARNING, logger="s4speech.corpora.librispeech"):
         utts = ls.prepare_part(tmp_path, "test-other")
     assert [u.utt_id for u in utts] == ["1688-142285-0000", "1688-142285-0005"]
     assert [u.text for u in utts] == [an4[0][1], an4[5][1]]
@@ -271,7 +271,7 @@ def test_download_skips_existing_and_verifies_archive(corpus, tmp_path):
 
 def test_cli(corpus, tmp_path):
     root, _ = corpus
-    r = subprocess.run([sys.executable, "-m", "local.librispeech", "--corpus_dir", str(root),
+    r = subprocess.run([sys.executable, "-m", "s4speech.corpora.librispeech", "--corpus_dir", str(root),
                         "--data_dir", str(tmp_path / "data"), "--sets", "dev", "test_clean"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -69,7 +69,7 @@ def test_a_failing_stage_is_named_with_its_cause(tmp_path):
 
 def test_format_skips_a_bad_file_and_keeps_the_rest(tmp_path, shared_data):
     from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
-    from s4speech.recipe import format_set
+    from s4speech.pipeline.data import format_set
 
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk")

@@ -200,7 +200,7 @@ def tts_run(tmp_path_factory, shared_data):
     write_kaldi_dir(work / "data/test", [Utterance(u.utt_id, u.speaker, u.audio, u.text.lower()) for u in dev])
     cfg = work / "tts_ssm.yaml"
     cfg.write_text(yaml.safe_dump(TRAIN_CONF))
-    cmd = [sys.executable, "-m", "s4speech.tts.recipe", "--corpus", "none", "--stage", "2", "--stop_stage", "9",
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--task", "tts", "--corpus", "none", "--stage", "2", "--stop_stage", "9",
            "--tts_config", str(cfg), "--max_eval_utts", "2", "--n_long", "2", "--long_chars", "60",
            "--maxlenratio", "4"]
     p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=900)
@@ -332,7 +332,7 @@ def test_ljspeech_prepare_on_a_generated_tree(tmp_path, shared_data, caplog):
     from s4speech.corpora import ljspeech
 
     root = make_ljspeech(tmp_path / "corpus", shared_data / "misc/LJ050-0131.wav")
-    with caplog.at_level(logging.WARNING, logger="local.ljspeech"):
+    with caplog.at_level(logging.WARNING, logger="s4speech.corpora.ljspeech"):
         counts = ljspeech.prepare(root, tmp_path / "data")
     assert counts == {"train": 10, "dev": 1, "test": 1}
     warned = caplog.text
@@ -376,6 +376,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 def test_ljspeech_download_resumes_and_unpacks(tmp_path, shared_data):
     from s4speech.corpora import ljspeech
+    from s4speech.io import download
 
     src = make_ljspeech(tmp_path / "src", shared_data / "misc/LJ050-0131.wav")
     served = tmp_path / "www"
@@ -397,8 +398,8 @@ def test_ljspeech_download_resumes_and_unpacks(tmp_path, shared_data):
         assert (corpus / ljspeech.ARCHIVE).read_bytes() == blob and not (corpus / (ljspeech.ARCHIVE + ".part")).exists()
         assert (corpus / "LJSpeech-1.1/metadata.csv").read_bytes() == (src / "LJSpeech-1.1/metadata.csv").read_bytes()
         assert ljspeech.fetch(corpus, url=url) == corpus and len(_RangeHandler.requests) == 1  # present: no request
-        with pytest.raises(RuntimeError, match="HTTP 404"):
-            ljspeech.download(url + ".missing", tmp_path / "x.tar.bz2")
+        with pytest.raises(OSError, match="HTTP 404"):
+            download.fetch(url + ".missing", tmp_path / "x.tar.bz2")
     finally:
         server.shutdown()
         server.server_close()

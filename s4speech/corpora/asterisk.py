@@ -17,7 +17,7 @@ made by concatenating test prompts, for long-form decoding and segmentation).
 
 Usage, from the repository root::
 
-    python -m local.asterisk --corpus_dir downloads/asterisk --data_dir data
+    python -m s4speech.corpora.asterisk --corpus_dir downloads/asterisk --data_dir data
 """
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import soundfile as sf
 
+from s4speech.io.audio import write_audio
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
-logger = logging.getLogger("local.asterisk")  # also when run as __main__
+logger = logging.getLogger("s4speech.corpora.asterisk")  # also when run as __main__
 
 PACKAGES = ("asterisk-core-sounds-en-wav", "asterisk-core-sounds-en")
 SOUNDS_DIR = Path("usr/share/asterisk/sounds")
@@ -290,23 +290,6 @@ def _load_8k(wav: Path) -> np.ndarray:
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    """Write 16-bit WAV at SAMPLE_RATE atomically (temp file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _long_recordings(test: Sequence[Prompt], out_dir: Path, targets: Sequence[float]) -> tuple[list[Utterance], str]:
     """Concatenate test prompts into one recording per target duration; returns utterances and joins lines.
 
@@ -338,7 +321,7 @@ def _long_recordings(test: Sequence[Prompt], out_dir: Path, targets: Sequence[fl
             texts.append(prompt.text)
             n_samples += len(audio)
         wav = out_dir / f"{utt_id}.wav"
-        _write_wav(wav, np.concatenate(pieces))
+        write_audio(wav, np.concatenate(pieces), SAMPLE_RATE, "wav")
         utts.append(Utterance(utt_id, SPEAKER, str(wav.absolute()), " ".join(texts)))
         joins.append(f"{utt_id} {' '.join(f'{t:.3f}' for t in times)}".rstrip() + "\n")
     # Recordings this run does not produce (e.g. other targets earlier) would be stale.
@@ -399,7 +382,7 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path, seed: int = 0,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m local.asterisk --corpus_dir DIR --data_dir DIR [--seed N]``."""
+    """Command line: ``python -m s4speech.corpora.asterisk --corpus_dir DIR --data_dir DIR [--seed N]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--corpus_dir", required=True, help="where to find or fetch the corpus packages")

@@ -88,8 +88,8 @@ unreadable WAV is logged (``logging.warning`` naming the file) and the item
 
 Usage, from the repository root::
 
-    python -m local.csj --corpus_dir /db/CSJ --data_dir data
-    python -m local.csj --long_form data/eval1 --data_dir data/eval1_long
+    python -m s4speech.corpora.csj --corpus_dir /db/CSJ --data_dir data
+    python -m s4speech.corpora.csj --long_form data/eval1 --data_dir data/eval1_long
 """
 from __future__ import annotations
 
@@ -105,10 +105,7 @@ import soundfile as sf
 
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
-try:  # run as `python -m local.csj` or imported as `local.csj`
-    from s4speech.corpora.librispeech import by_speaker, concat_long_form
-except ImportError:  # pragma: no cover - imported with local/ itself on sys.path
-    from librispeech import by_speaker, concat_long_form  # type: ignore
+from s4speech.corpora.longform import by_speaker, concat_long_form
 
 log = logging.getLogger(__name__)
 
@@ -447,9 +444,11 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path, sets: Sequence[str] = 
 
 
 def long_form(data_dir_in: str | Path, data_dir_out: str | Path,
-              durations: Sequence[float] = (30, 60, 120, 300), text_sep: str = "") -> dict[float, int]:
-    """CSJ long-form sets: same-lecture concatenation (see ``local.librispeech.concat_long_form``)."""
-    return concat_long_form(data_dir_in, data_dir_out, durations, group_key=by_speaker, text_sep=text_sep)
+              durations: Sequence[float] = (30, 60, 120, 300), text_sep: str = "",
+              audio_format: str = "flac") -> dict[float, int]:
+    """CSJ long-form sets: same-lecture concatenation (see ``longform.concat_long_form``)."""
+    return concat_long_form(data_dir_in, data_dir_out, durations, group_key=by_speaker, text_sep=text_sep,
+                            audio_format=audio_format)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

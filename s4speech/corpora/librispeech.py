@@ -29,29 +29,22 @@ target length ``d``, named ``f"{data_dir_out}_{d}s"`` (e.g.
 
 Usage, from the repository root::
 
-    python -m local.librispeech --corpus_dir downloads --data_dir data [--download]
-    python -m local.librispeech --long_form data/test_clean --data_dir data/test_clean_long
+    python -m s4speech.corpora.librispeech --corpus_dir downloads --data_dir data [--download]
+    python -m s4speech.corpora.librispeech --long_form data/test_clean --data_dir data/test_clean_long
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
 import re
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import numpy as np
 import soundfile as sf
 
-from s4speech.io.files import atomic_write
-from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
+from s4speech.corpora.longform import by_speaker, concat_long_form
+from s4speech.io.download import extract, fetch, md5sum
+from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +89,6 @@ EXPECTED_UTTS: dict[str, int] = {
     "test-other": 2939,
 }
 
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------
@@ -108,79 +100,6 @@ def _librispeech_root(corpus_dir: str | Path) -> Path:
     if (corpus_dir / "LibriSpeech").is_dir() or corpus_dir.name != "LibriSpeech":
         return corpus_dir / "LibriSpeech"
     return corpus_dir
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fetch_resumable(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Download ``url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request.
-
-    ``dest`` appears only when the transfer is complete; an interrupted one
-    leaves ``dest.part`` for the next call to continue.
-    """
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url)
-    if have:
-        req.add_header("Range", f"bytes={have}-")
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # nothing left to send: .part may already be complete
-            total = (e.headers.get("Content-Range") or "").rpartition("/")[2]
-            if total.isdigit() and int(total) == have:
-                os.replace(part, dest)
-                return
-            log.warning("%s: server refused to resume at byte %d; starting over", part, have)
-            part.unlink()
-            return _fetch_resumable(url, dest, timeout)
-        raise
-    with resp:
-        if have and resp.status == 206:
-            mode = "ab"
-            log.info("resuming %s at byte %d", url, have)
-        else:  # 200: whole file (server ignored the range, or a fresh start)
-            mode, have = "wb", 0
-        length = resp.headers.get("Content-Length")
-        expected = have + int(length) if length is not None else None
-        with open(part, mode) as f:
-            while block := resp.read(_CHUNK):
-                f.write(block)
-    got = part.stat().st_size
-    if expected is not None and got != expected:
-        raise OSError(f"{url}: transfer interrupted at {got} of {expected} bytes; run again to resume")
-    os.replace(part, dest)
-
-
-def _extract(archive: Path, corpus_dir: Path, part: str) -> None:
-    """Extract ``LibriSpeech/<part>`` from ``archive`` into ``corpus_dir`` (moved into place whole)."""
-    target = corpus_dir / "LibriSpeech" / part
-    tmp = Path(tempfile.mkdtemp(dir=corpus_dir, prefix=f".extract-{part}."))
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:  # pragma: no cover - Python without extraction filters
-                for m in tar.getmembers():
-                    if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir()):
-                        raise ValueError(f"{archive}: unsafe member {m.name!r}")
-                tar.extractall(tmp)
-        src = tmp / "LibriSpeech" / part
-        if not src.is_dir():
-            raise ValueError(f"{archive}: no LibriSpeech/{part} inside")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for extra in ("README.TXT", "CHAPTERS.TXT", "SPEAKERS.TXT", "BOOKS.TXT", "LICENSE.TXT"):
-            if (tmp / "LibriSpeech" / extra).is_file() and not (target.parent / extra).exists():
-                os.replace(tmp / "LibriSpeech" / extra, target.parent / extra)
-        os.replace(src, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download(corpus_dir: str | Path, parts: Iterable[str] = ALL_PARTS, base_url: str = URL_BASE,
@@ -206,18 +125,20 @@ def download(corpus_dir: str | Path, parts: Iterable[str] = ALL_PARTS, base_url:
         if not archive.exists():
             log.info("downloading %s/%s.tar.gz", base_url, part)
             try:
-                _fetch_resumable(f"{base_url}/{part}.tar.gz", archive)
-            except urllib.error.URLError as e:  # no network, DNS, HTTP error: one clear line
-                raise OSError(f"{base_url}/{part}.tar.gz: download failed ({getattr(e, 'reason', e)}); "
-                              f"put LibriSpeech/{part} under {corpus_dir} by hand or check the network") from e
+                fetch(f"{base_url}/{part}.tar.gz", archive)
+            except OSError as e:  # no network, DNS, HTTP error: one clear line
+                raise OSError(f"{e}; or put LibriSpeech/{part} under {corpus_dir} by hand") from e
         if part in sums:
-            got = _md5(archive)
+            got = md5sum(archive)
             if got != sums[part]:
                 archive.unlink()
                 raise ValueError(f"{archive}: MD5 {got} != expected {sums[part]}; deleted, run again")
         else:
             log.warning("%s: no known MD5, not verified", archive)
-        _extract(archive, corpus_dir, part)
+        root = corpus_dir / "LibriSpeech"
+        extract(archive, f"LibriSpeech/{part}", root / part,
+                extras={f"LibriSpeech/{x}": root / x for x in ("README.TXT", "CHAPTERS.TXT", "SPEAKERS.TXT",
+                                                                "BOOKS.TXT", "LICENSE.TXT")})
         if not keep_archive:
             archive.unlink()
 
@@ -323,150 +244,11 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path,
     return counts
 
 
-# --------------------------------------------------------------------------
-# long-form sets (generic: any Kaldi dir, any grouping)
-
-
-def _read_kaldi_dir(data_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, str],
-                                             dict[str, tuple[str, float, float]] | None]:
-    wav = read_table(data_dir / "wav.scp")
-    text = read_table(data_dir / "text")
-    utt2spk = read_table(data_dir / "utt2spk")
-    segments = None
-    if (data_dir / "segments").is_file():
-        segments = {}
-        for utt, value in read_table(data_dir / "segments").items():
-            fields = value.split()
-            if len(fields) != 3:
-                raise ValueError(f"{data_dir / 'segments'}: malformed line for {utt!r}")
-            segments[utt] = (fields[0], float(fields[1]), float(fields[2]))
-    return wav, text, utt2spk, segments
-
-
-def _read_audio(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, int]:
-    """int16 samples (mono) of ``path`` between ``start`` and ``end`` seconds (whole file if None)."""
-    if path.rstrip().endswith("|"):
-        raise ValueError("Kaldi pipe commands are not supported")
-    info = sf.info(path)
-    sr = info.samplerate
-    a = 0 if start is None else int(round(start * sr))
-    b = info.frames if end is None else min(int(round(end * sr)), info.frames)
-    if a >= b:
-        raise ValueError(f"empty segment {start}-{end}")
-    x, _ = sf.read(path, start=a, stop=b, dtype="int16", always_2d=True)
-    if x.shape[1] > 1:
-        x = np.round(x.astype(np.float32).mean(axis=1)).astype(np.int16)[:, None]
-    return x[:, 0], sr
-
-
-def _atomic_write_wav(path: Path, samples: np.ndarray, sr: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, samples, sr, format="WAV", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def by_speaker(utt_id: str, speaker: str) -> str:
-    """Grouping key: the speaker id (a LibriSpeech chapter, a CSJ lecture)."""
-    return speaker
-
-
-def concat_long_form(data_dir_in: str | Path, data_dir_out: str | Path,
-                     durations: Sequence[float] = (30, 60, 120, 300),
-                     group_key: Callable[[str, str], str] = by_speaker,
-                     text_sep: str = " ") -> dict[float, int]:
-    """Build long-form data dirs from a Kaldi dir; returns {duration: number of long utterances}.
-
-    Utterances are grouped by ``group_key(utt_id, speaker)`` and taken in
-    sorted utterance-id order; for each target ``d`` consecutive ones are
-    concatenated (audio back to back; transcripts joined with ``text_sep``)
-    until the recording lasts at least ``d`` seconds, then a new recording
-    starts. A group's leftover shorter than ``d`` (so a whole group too short
-    for ``d``) is dropped. Audio is read with soundfile, honouring
-    ``segments`` when present; an unreadable utterance is warned about and
-    left out (its transcript too). Output per ``d``: the data dir
-    ``f"{data_dir_out}_{d:g}s"`` with WAVs (16-bit PCM) in its ``wav/``, the
-    speaker of each long utterance being its group key, its id
-    ``f"{first source utt}_long{d:g}s"``, and ``long_form_map`` listing the
-    source utterances. Buckets with no recording are skipped with a warning.
-    """
-    data_dir_in = Path(data_dir_in)
-    wav, text, utt2spk, segments = _read_kaldi_dir(data_dir_in)
-    groups: dict[str, list[str]] = {}
-    for utt in sorted(text):
-        if utt not in utt2spk:
-            raise ValueError(f"{data_dir_in}: {utt!r} has no utt2spk entry")
-        groups.setdefault(group_key(utt, utt2spk[utt]), []).append(utt)
-
-    def load(utt: str) -> tuple[np.ndarray, int] | None:
-        try:
-            if segments is not None:
-                if utt not in segments:
-                    raise ValueError("no segments entry")
-                rec, s, e = segments[utt]
-                if rec not in wav:
-                    raise ValueError(f"recording {rec} not in wav.scp")
-                return _read_audio(wav[rec], s, e)
-            if utt not in wav:
-                raise ValueError("not in wav.scp")
-            return _read_audio(wav[utt], None, None)
-        except Exception as e:
-            log.warning("%s: cannot read audio of %s (%s); left out", data_dir_in, utt, e)
-            return None
-
-    counts: dict[float, int] = {}
-    durations = sorted(set(durations))
-    out_dirs = {d: Path(f"{data_dir_out}_{d:g}s") for d in durations}
-    utts_out: dict[float, list[Utterance]] = {d: [] for d in durations}
-    maps: dict[float, list[str]] = {d: [] for d in durations}
-    for key, members in sorted(groups.items()):
-        if any(c.isspace() for c in key):
-            raise ValueError(f"group key {key!r} contains whitespace")
-        audio = {}
-        for utt in members:  # read each group once for all buckets
-            got = load(utt)
-            if got is not None:
-                audio[utt] = got
-        usable = [u for u in members if u in audio]
-        for d in durations:
-            run: list[str] = []
-            n = 0
-            for utt in usable:
-                if run and audio[utt][1] != audio[run[0]][1]:
-                    log.warning("%s: %s has sample rate %d, %s has %d; left out", data_dir_in, utt,
-                                audio[utt][1], run[0], audio[run[0]][1])
-                    continue
-                run.append(utt)
-                n += len(audio[utt][0])
-                sr = audio[run[0]][1]
-                if n >= d * sr:
-                    long_id = f"{run[0]}_long{d:g}s"
-                    path = out_dirs[d] / "wav" / f"{long_id}.wav"
-                    _atomic_write_wav(path, np.concatenate([audio[u][0] for u in run]), sr)
-                    joined = text_sep.join(text[u] for u in run)
-                    utts_out[d].append(Utterance(long_id, key, str(path.resolve()), joined))
-                    maps[d].append(f"{long_id} {' '.join(run)}\n")
-                    run, n = [], 0
-    for d in durations:
-        if not utts_out[d]:
-            log.warning("%s: no group reaches %gs; %s not written", data_dir_in, d, out_dirs[d])
-            counts[d] = 0
-            continue
-        counts[d] = write_kaldi_dir(out_dirs[d], utts_out[d])
-        atomic_write(out_dirs[d] / "long_form_map", "".join(sorted(maps[d])))
-    return counts
-
-
 def long_form(data_dir_in: str | Path, data_dir_out: str | Path,
-              durations: Sequence[float] = (30, 60, 120, 300)) -> dict[float, int]:
-    """LibriSpeech long-form sets: same-chapter concatenation (see ``concat_long_form``)."""
-    return concat_long_form(data_dir_in, data_dir_out, durations, group_key=by_speaker, text_sep=" ")
+              durations: Sequence[float] = (30, 60, 120, 300), audio_format: str = "flac") -> dict[float, int]:
+    """LibriSpeech long-form sets: same-chapter concatenation (see ``longform.concat_long_form``)."""
+    return concat_long_form(data_dir_in, data_dir_out, durations, group_key=by_speaker, text_sep=" ",
+                            audio_format=audio_format)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -497,3 +279,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+LM_TEXT_URL = "https://www.openslr.org/resources/11/librispeech-lm-norm.txt.gz"
+
+
+def lm_text(corpus_dir: str | Path, out_prefix: str | Path, url: str = LM_TEXT_URL) -> Path:
+    """The normalized LibriSpeech LM corpus (OpenSLR 11, ~800M words, upper case like the transcripts),
+    downloaded into ``corpus_dir`` when missing (resumable); returns its path (gzipped text)."""
+    path = Path(corpus_dir) / "librispeech-lm-norm.txt.gz"
+    if not path.exists():
+        try:
+            fetch(url, path)
+        except OSError as e:
+            raise OSError(f"{e}; or put librispeech-lm-norm.txt.gz into {corpus_dir}, "
+                          "or give --lm_train_text") from e
+    return path

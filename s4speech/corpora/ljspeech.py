@@ -16,25 +16,22 @@ skipped with a warning naming the line.
 
 Usage::
 
-    python -m local.ljspeech --corpus_dir downloads --data_dir data
+    python -m s4speech.corpora.ljspeech --corpus_dir downloads --data_dir data
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
-import shutil
-import tarfile
-import urllib.request
 from pathlib import Path
 from typing import Sequence
 
 import soundfile as sf
 
+from s4speech.io import download
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
-logger = logging.getLogger("local.ljspeech")
+logger = logging.getLogger(__name__)
 
 URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
 ARCHIVE = "LJSpeech-1.1.tar.bz2"
@@ -58,66 +55,15 @@ def _is_tree(root: Path) -> bool:
     return (root / TREE / "metadata.csv").is_file() and (root / TREE / "wavs").is_dir()
 
 
-def download(url: str, dest: Path, chunk: int = 1 << 20, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest``, resuming ``dest.part`` with an HTTP Range request; atomic rename at the end.
-
-    A server that ignores the range (answers 200) restarts the download from zero.
-    """
-    dest = Path(dest)
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:  # range not satisfiable: the part file is already complete
-            os.replace(part, dest)
-            return dest
-        raise RuntimeError(f"downloading {url}: HTTP {e.code} {e.reason}") from e
-    except OSError as e:
-        raise RuntimeError(f"downloading {url}: {e}") from e
-    with resp:
-        if have and resp.status != 206:
-            logger.warning("%s: the server ignored the range request; downloading from the start", url)
-            have = 0
-        total = resp.headers.get("Content-Length")
-        total = int(total) + have if total is not None else None
-        logger.info("downloading %s -> %s (from byte %d%s)", url, dest, have, f" of {total}" if total else "")
-        with open(part, "ab" if have else "wb") as f:
-            while True:
-                block = resp.read(chunk)
-                if not block:
-                    break
-                f.write(block)
-    size = part.stat().st_size
-    if total is not None and size != total:
-        raise RuntimeError(f"downloading {url}: got {size} of {total} bytes (run again to resume)")
-    os.replace(part, dest)
-    return dest
-
-
 def fetch(corpus_dir: str | Path, url: str = URL) -> Path:
     """The directory holding ``LJSpeech-1.1/``: ``corpus_dir`` itself, after downloading and unpacking if needed."""
     corpus_dir = Path(corpus_dir)
     if _is_tree(corpus_dir):
         return corpus_dir
-    archive = download(url, corpus_dir / ARCHIVE)
-    unpack = corpus_dir / ".unpack.tmp"
-    shutil.rmtree(unpack, ignore_errors=True)
-    unpack.mkdir(parents=True)
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(unpack, filter="data")
-        if not _is_tree(unpack):
-            raise RuntimeError(f"{archive} holds no {TREE}/metadata.csv and {TREE}/wavs (delete it to download again)")
-        if (corpus_dir / TREE).exists():
-            shutil.rmtree(corpus_dir / TREE)  # an incomplete tree
-        os.replace(unpack / TREE, corpus_dir / TREE)
-    finally:
-        shutil.rmtree(unpack, ignore_errors=True)
+    archive = download.fetch(url, corpus_dir / ARCHIVE)
+    download.extract(archive, TREE, corpus_dir / TREE)
+    if not _is_tree(corpus_dir):
+        raise RuntimeError(f"{archive} holds no {TREE}/metadata.csv and {TREE}/wavs (delete it to download again)")
     return corpus_dir
 
 

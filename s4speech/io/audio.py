@@ -298,9 +298,10 @@ def read(path: str | os.PathLike, target_rate: int | None = None) -> tuple[np.nd
 AUDIO_FORMATS = {"flac": ("FLAC", "PCM_16"), "wav": ("WAV", "PCM_16")}
 
 
-def load_segment(spec: str, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
+def load_segment(spec: str, start: float | None = None, end: float | None = None,
+                 dtype: str = "float32") -> tuple[np.ndarray, int]:
     """A wav.scp entry (a path; Kaldi pipes are not supported), optionally only ``start``..``end`` seconds
-    of it -> (mono float32 samples, rate)."""
+    of it -> (mono samples, rate). ``dtype`` "int16" keeps 16-bit sources bit-exact."""
     import soundfile as sf
 
     if spec.rstrip().endswith("|"):
@@ -312,8 +313,11 @@ def load_segment(spec: str, start: float | None = None, end: float | None = None
         if a >= b:
             raise ValueError(f"{spec}: empty segment {start}-{end} s (the file has {f.frames / rate:.2f} s)")
         f.seek(a)
-        x = f.read(b - a, dtype="float32", always_2d=True)
-    return x.mean(axis=1), rate
+        x = f.read(b - a, dtype=dtype, always_2d=True)
+    if x.shape[1] == 1:
+        return x[:, 0], rate
+    mono = x.astype(np.float32).mean(axis=1)
+    return (np.round(mono).astype(x.dtype) if x.dtype.kind == "i" else mono), rate
 
 
 def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, audio_format: str | None = None) -> Path:
@@ -332,3 +336,34 @@ def write_audio(path: str | os.PathLike, x: np.ndarray, rate: int, audio_format:
             x = x / peak * 0.99
     container, subtype = AUDIO_FORMATS[fmt]
     return atomic_output(path, lambda tmp: sf.write(tmp, x, rate, format=container, subtype=subtype))
+
+
+class SegmentReader:
+    """ESPnet loader of a segmented data dir: ``segments`` (utt recording start end) beside ``wav.scp``
+    (recording path) -> {utt: (rate, samples)}, each segment read from its recording on access.
+    Registered in ESPnet's data types as ``kaldi_segments`` (``<dir>/segments,speech,kaldi_segments``)."""
+
+    def __init__(self, segments: str | os.PathLike, dtype: str = "float32"):
+        from s4speech.io.kaldi import read_segments, read_table
+
+        self.path = Path(segments)
+        self.segments = read_segments(self.path)
+        self.wav = read_table(self.path.parent / "wav.scp")
+        self.dtype = dtype
+
+    def __getitem__(self, utt: str) -> tuple[int, np.ndarray]:
+        rec, start, end = self.segments[utt]
+        x, rate = load_segment(self.wav[rec], start, end, dtype=self.dtype)
+        return rate, x
+
+    def __contains__(self, utt) -> bool:
+        return utt in self.segments
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __iter__(self):
+        return iter(self.segments)
+
+    def keys(self):
+        return self.segments.keys()

@@ -120,3 +120,7 @@ class KaldiDir:
         if utt not in self.wav:
             raise KeyError(f"{self.path / 'wav.scp'}: no entry for {utt!r}")
         return self.wav[utt], None, None
+
+    def utterance(self, utt: str) -> Utterance:
+        path, start, end = self.source(utt)
+        return Utterance(utt, self.utt2spk[utt], path, self.text[utt], start, end)

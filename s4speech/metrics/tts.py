@@ -175,30 +175,18 @@ def compare(ref: Analysis, syn: Analysis) -> tuple[float, F0Error]:
 
 
 # ---- ASR -----------------------------------------------------------------------------------------
-def asr_model_files(asr_dir: str | Path) -> tuple[Path, Path]:
-    d = Path(asr_dir)
-    for name in ("valid.acc.ave.pth", "valid.acc.best.pth", "valid.loss.ave.pth", "latest.pth"):
-        if (d / name).exists() and (d / "config.yaml").exists():
-            return d / "config.yaml", d / name
-    raise FileNotFoundError(f"{d}: no config.yaml and trained model (valid.acc.ave.pth, ...)")
-
-
 def transcribe(wavs: dict[str, Path], asr_dir: str | Path, beam_size: int = 4, ctc_weight: float = 0.3,
                progress: bool = False) -> dict[str, str]:
     """{utt: wav} -> {utt: text} with an ESPnet ASR model (resampled to its rate)."""
     import librosa
     import soundfile as sf
-    import yaml
 
     from s4speech.transcribe import Model
 
-    cfg, _ = asr_model_files(asr_dir)
-    conf = yaml.safe_load(open(cfg)) or {}
-    fs = (conf.get("frontend_conf") or {}).get("fs", 16000)
-    fs = int(str(fs).lower().replace("k", "000"))
     # Model.load resolves the config's paths (stats file, BPE model) relative to the ASR recipe dir,
     # so the ASR model of another recipe (e.g. ../asr1/exp/...) loads from the TTS recipe dir
-    s2t = Model.load(asr_dir, beam_size=beam_size, ctc_weight=ctc_weight).s2t
+    model = Model.load(asr_dir, beam_size=beam_size, ctc_weight=ctc_weight)
+    s2t, fs = model.s2t, model.sample_rate
     out = {}
     items = sorted(wavs.items())
     if progress:
@@ -242,6 +230,16 @@ def failures(records: Iterable[dict], frames_per_char: float, early: float = 0.5
     return Failures(n, no_stop, early_stop)
 
 
-def mean(values: Sequence[float]) -> float:
-    v = [x for x in values if x == x]  # drop nan
-    return float(np.mean(v)) if v else float("nan")
+@dataclass
+class Mean:
+    """A mean over the values that are defined (e.g. log-F0 RMSE: only utterances with frames voiced in
+    both), with how many of how many it is over."""
+
+    value: float
+    n: int
+    of: int
+
+
+def mean(values: Sequence[float]) -> Mean:
+    v = [x for x in values if x == x]  # nan: undefined for that utterance
+    return Mean(float(np.mean(v)) if v else float("nan"), len(v), len(values))

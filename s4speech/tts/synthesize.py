@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -36,36 +35,17 @@ from typing import Sequence
 
 import numpy as np
 
+from s4speech.io.audio import write_audio
+from s4speech.io.expdir import ModelError, loadable_config, model_files, parse_rate
+from s4speech.io.files import atomic_output
+
 log = logging.getLogger("s4speech.synthesize")
 
-MODEL_FILES = ("valid.loss.ave.pth", "valid.loss.best.pth", "train.loss.ave.pth", "latest.pth")
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2014": "-", "\u2013": "-"})
 
 
 class TextError(ValueError):
     """A text that cannot be synthesized (one line, says why)."""
-
-
-class ModelError(RuntimeError):
-    pass
-
-
-def model_files(model: str | os.PathLike) -> tuple[Path, Path]:
-    """A training dir or a .pth file (config.yaml beside it) -> (config, model file)."""
-    p = Path(model)
-    if p.is_file():
-        cfg = p.parent / "config.yaml"
-        if not cfg.is_file():
-            raise ModelError(f"model {p}: no config.yaml beside it")
-        return cfg, p
-    if not p.is_dir():
-        raise ModelError(f"model {p}: no such directory or file")
-    if not (p / "config.yaml").is_file():
-        raise ModelError(f"model {p}: no config.yaml in it")
-    for name in MODEL_FILES:
-        if (p / name).exists():
-            return p / "config.yaml", p / name
-    raise ModelError(f"model {p}: none of {', '.join(MODEL_FILES)} in it")
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
@@ -116,31 +96,6 @@ class Synthesis:
         return all(p.stopped for p in self.pieces)
 
 
-def _config_with_stats_found(cfg: Path):
-    """ESPnet writes the normalization statistics' path as given, often relative to the recipe dir. When it
-    does not exist from here but does from the model dir or its parents, a temporary copy of the config with
-    the path made absolute (returned; deleted when garbage collected), else None."""
-    import yaml
-
-    conf = yaml.safe_load(Path(cfg).read_text(encoding="utf-8")) or {}
-    changed = False
-    for key in ("normalize_conf", "pitch_normalize_conf", "energy_normalize_conf"):
-        stats = (conf.get(key) or {}).get("stats_file")
-        if not stats or os.path.isabs(stats) or Path(stats).exists():
-            continue
-        for base in [Path(cfg).parent, *list(Path(cfg).resolve().parent.parents)[:3]]:
-            if (base / stats).exists():
-                conf[key]["stats_file"] = str((base / stats).resolve())
-                changed = True
-                break
-    if not changed:
-        return None
-    tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="s4speech-tts-", encoding="utf-8")
-    yaml.safe_dump(conf, tmp)
-    tmp.flush()
-    return tmp
-
-
 class Synthesizer:
     """A trained TTS model behind ESPnet's ``Text2Speech`` (after ``import s4speech``)."""
 
@@ -148,14 +103,12 @@ class Synthesizer:
                  device: str = "cpu", threshold: float = 0.5, minlenratio: float = 0.0, maxlenratio: float = 10.0,
                  griffin_lim_iters: int = 32, chunk_chars: int = 200, max_chars: int = 5000, pause: float = 0.15,
                  seed: int = 0):
-        from s4speech.bin.tts_inference import Text2Speech  # registers tts: ssm
+        from s4speech.tts.inference import Text2Speech  # registers tts: ssm
 
         if chunk_chars < 1 or max_chars < 1:
             raise ValueError("chunk_chars and max_chars must be positive")
-        cfg, pth = model_files(model)
-        tmp = _config_with_stats_found(cfg)
-        if tmp is not None:
-            cfg = Path(tmp.name)
+        cfg, pth = model_files(model, "tts")
+        cfg = loadable_config(cfg)  # statistics written relative to the recipe dir
         self.chunk_chars, self.max_chars, self.pause = chunk_chars, max_chars, pause
         self.threshold, self.maxlenratio = threshold, maxlenratio
         try:
@@ -168,7 +121,10 @@ class Synthesizer:
             raise ModelError(f"cannot load {pth}: {' '.join(str(e).split())[:300]}") from e
         args = self.t2s.train_args
         self.feats_conf = dict(getattr(args, "feats_extract_conf", None) or {})
-        self.fs = int(self.t2s.fs or self.feats_conf.get("fs") or 0) or None
+        rate = self.t2s.fs or self.feats_conf.get("fs")
+        if not rate:
+            raise ModelError(f"{cfg}: the model states no sample rate (feats_extract_conf.fs)")
+        self.fs = parse_rate(rate)
         from espnet2.utils.griffin_lim import Spectrogram2Waveform
 
         fe = self.t2s.feats_extract
@@ -250,7 +206,7 @@ class Synthesizer:
     def synthesize_pieces(self, pieces: Sequence[str], progress=None) -> Synthesis:
         t0 = time.perf_counter()
         wavs, feats, atts, probs, info = [], [], [], [], []
-        gap = np.zeros(int(round(self.pause * (self.fs or 16000))), dtype=np.float32)
+        gap = np.zeros(int(round(self.pause * (self.fs))), dtype=np.float32)
         for i, p in enumerate(pieces):
             piece, out = self.synthesize_piece(p)
             if i:
@@ -267,39 +223,13 @@ class Synthesizer:
             if progress is not None:
                 progress.update(1)
         wav = np.concatenate(wavs) if wavs else np.zeros(0, np.float32)
-        return Synthesis(wav=wav.astype(np.float32), fs=int(self.fs or 16000),
+        return Synthesis(wav=wav.astype(np.float32), fs=int(self.fs),
                          feats=np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
                          att_ws=atts, probs=np.concatenate(probs) if probs else np.zeros(0, np.float32),
                          pieces=info, seconds=time.perf_counter() - t0)
 
 
 # ---- output ------------------------------------------------------------------------------------
-def _atomic(path: Path, write) -> Path:
-    """write(tmp_path) then rename onto path: readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_wav(path: str | os.PathLike, wav: np.ndarray, fs: int) -> Path:
-    import soundfile as sf
-
-    peak = float(np.abs(wav).max()) if wav.size else 0.0
-    if peak > 1.0:  # Griffin-Lim can overshoot; scale instead of clipping
-        wav = wav / peak * 0.99
-    return _atomic(Path(path), lambda tmp: sf.write(tmp, wav, fs, subtype="PCM_16", format="WAV"))
-
-
 def plot(syn: Synthesis, mel_png: str | os.PathLike, att_png: str | os.PathLike, title: str = "") -> None:
     """The generated mel spectrogram (with the stop probability) and the cross-attention (head average per layer)."""
     import matplotlib
@@ -317,7 +247,7 @@ def plot(syn: Synthesis, mel_png: str | os.PathLike, att_png: str | os.PathLike,
     ax2.set_ylabel("stop prob")
     ax2.set_xlabel("frame")
     fig.tight_layout()
-    _atomic(Path(mel_png), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_output(Path(mel_png), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
     shown = syn.att_ws[:4]
@@ -332,7 +262,7 @@ def plot(syn: Synthesis, mel_png: str | os.PathLike, att_png: str | os.PathLike,
     fig.suptitle(f"{title} cross-attention (head average)".strip() +
                  (f", first {len(shown)} of {len(syn.att_ws)} pieces" if len(syn.att_ws) > len(shown) else ""), fontsize=9)
     fig.tight_layout()
-    _atomic(Path(att_png), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_output(Path(att_png), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -428,7 +358,7 @@ def main(argv=None) -> int:
         for key, pieces in jobs:
             res = syn.synthesize_pieces(pieces, progress=bar)
             out = outs[key]
-            write_wav(out, res.wav, res.fs)
+            write_audio(out, res.wav, res.fs, "wav")
             if args.plot:
                 plot(res, out.with_suffix(".mel.png"), out.with_suffix(".att.png"), title=key)
             if not res.stopped:

@@ -8,4 +8,4 @@ exec "${PYTHON:-../../../.venv/bin/python}" -m s4speech.recipe --corpus librispe
   --long_sets test_clean_long_30s test_clean_long_60s test_clean_long_120s test_clean_long_300s \
   --token_type unigram --nbpe 5000 --speed_perturb_factors 0.9 1.0 1.1 --ngpu 1 --nj 8 \
   --asr_config $conf/asr_conformer_ssm.yaml --asr_config $conf/asr_conformer_transformer.yaml \
-  --inference_config $conf/decode.yaml "$@"
+  --inference_config $conf/decode.yaml -- "$@"

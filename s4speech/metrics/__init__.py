@@ -1,0 +1,2 @@
+"""Measures: ASR scoring (``asr``: WER/CER tables), TTS measures (``tts``: MCD, F0, failures, ASR of
+synthesized speech), plots for the reports (``plots``)."""
