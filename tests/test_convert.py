@@ -282,3 +282,39 @@ def test_cli_refuses_an_inexact_conversion(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "config.yaml"), "--model", str(tmp_path / "model.pth"),
                  "--out", str(tmp_path / "o"), "--no-verify"]) == 2
     assert "diag" in capsys.readouterr().err
+
+
+class _Payload:
+    """Pickled into a checkpoint: loading it with weights_only=False would run code."""
+
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_cli_loads_tensors_only_and_says_what_it_refuses(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"decoder": "s4", "decoder_conf": espnet_conf()}))
+    torch.save({"decoder.x": torch.zeros(1), "extra": _Payload()}, tmp_path / "model.pth")
+    assert main(["--config", str(tmp_path / "config.yaml"), "--model", str(tmp_path / "model.pth"),
+                 "--out", str(tmp_path / "o")]) == 2
+    out = capsys.readouterr()
+    assert "code ran" not in out.out and f"{tmp_path / 'model.pth'}: not a checkpoint of tensors" in out.err
+    assert not (tmp_path / "o").exists()
+
+
+def test_verify_refuses_a_checkpoint_that_does_not_match_its_config(tmp_path, symmetric_cauchy):
+    from espnet2.tasks.asr import ASRTask
+
+    from s4speech.asr.convert import verify
+
+    args = ASRTask.get_parser().parse_args(["--output_dir", str(tmp_path / "exp")])
+    args.token_list = ["<blank>"] + [chr(97 + i) for i in range(V - 2)] + ["<sos/eos>"]
+    args.input_size, args.frontend, args.normalize = 20, None, "utterance_mvn"
+    args.encoder = "transformer"
+    args.encoder_conf = dict(output_size=D, attention_heads=4, linear_units=64, num_blocks=1, input_layer="linear")
+    args.decoder, args.decoder_conf = "s4", espnet_conf()
+    cfg = yaml.safe_load(yaml.safe_dump(vars(args)))
+    sd = ASRTask.build_model(args).state_dict()
+    new_cfg, new_sd = convert(cfg, sd)
+    broken = {k: v for k, v in sd.items() if not k.startswith("ctc.")}  # ESPnet would load it half-initialised
+    with pytest.raises(UnsupportedModel, match=r"missing keys \['ctc\."):
+        verify(cfg, broken, new_cfg, new_sd)

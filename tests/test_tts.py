@@ -228,7 +228,8 @@ def test_recipe_synthesizes_evaluates_and_reports(tts_run):
     assert len(recs) == 2 and all(r["chars"] >= 60 and r["steps"] <= r["maxlen"] for r in recs)
     assert all(r["stopped"] or r["steps"] == r["maxlen"] for r in recs)
     res = json.loads((synth / "eval.json").read_text())
-    assert res["test"]["n"] == 2 and res["test"]["mcd"] > 0 and res["test"]["rtf"] > 0
+    assert res["test"]["n"] == 2 and res["test"]["mcd"]["value"] > 0 and res["test"]["rtf"] > 0
+    assert res["test"]["mcd"]["n"] == res["test"]["mcd"]["of"] == 2 and res["test"]["log_f0_rmse"]["of"] == 2
     assert res["long"]["n"] == 2 and 0 <= res["long"]["rate"] <= 1
     report = (tts_run / "RESULTS.md").read_text()
     assert "|tts_tts_ssm|test|2|" in report and "## Long inputs" in report

@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from s4speech.io.files import atomic_output, atomic_write
+
 ESPNET_S4_DEFAULTS = dict(
     input_layer="embed", dropinp=0.0, dropout=0.25, prenorm=True, n_layers=16, transposed=False,
     tie_dropout=False, n_repeat=1, layer=None, residual=None, norm=None, pool=None, track_norms=True,
@@ -251,7 +253,10 @@ def verify(old_cfg: dict, old_sd: dict, new_cfg: dict, new_sd: dict, steps: int 
 
     def build(cfg, sd):
         m = ASRTask.build_model(ap.Namespace(**copy.deepcopy(cfg)))
-        m.load_state_dict(sd, strict=False)
+        missing, unexpected = m.load_state_dict(sd, strict=False)  # ours refuse mismatches themselves
+        if missing or unexpected:
+            raise UnsupportedModel(f"the checkpoint does not match its config ({cfg.get('decoder')} decoder): "
+                                   f"missing keys {sorted(missing)[:5]}, unexpected keys {sorted(unexpected)[:5]}")
         return m.decoder.eval()
 
     esp, ours = build(old_cfg, old_sd), build(new_cfg, new_sd)
@@ -291,24 +296,27 @@ def main(argv=None) -> int:
                    help="skip comparing the converted decoder against ESPnet's S4 recurrence")
     a = p.parse_args(argv)
     config = yaml.safe_load(a.config.read_text(encoding="utf-8"))
-    sd = torch.load(a.model, map_location="cpu", weights_only=False)
+    try:  # tensors only: a third-party checkpoint runs no code on loading
+        sd = torch.load(a.model, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - one line naming the file
+        print(f"import-espnet-s4: {a.model}: not a checkpoint of tensors ({' '.join(str(e).split())[:200]})",
+              file=sys.stderr)
+        return 2
     if "module" in sd and isinstance(sd["module"], dict):
         sd = sd["module"]
     try:
         new_cfg, new_sd = convert(config, sd)
+        err = verify(config, sd, new_cfg, new_sd) if a.verify else None
     except UnsupportedModel as e:
         print(f"import-espnet-s4: cannot convert exactly: {e}", file=sys.stderr)
         return 2
-    if a.verify:
-        err = verify(config, sd, new_cfg, new_sd)
+    if err is not None:
         print(f"verify: decoder logits vs ESPnet's S4 recurrence, relative error {err:.2e}")
         if not err < 1e-4:
             print("import-espnet-s4: verification failed", file=sys.stderr)
             return 1
-    a.out.mkdir(parents=True, exist_ok=True)
-    with (a.out / "config.yaml").open("w", encoding="utf-8") as f:
-        yaml.safe_dump(new_cfg, f, sort_keys=False, allow_unicode=True)
-    torch.save(new_sd, a.out / "model.pth")
+    atomic_output(a.out / "model.pth", lambda tmp: torch.save(new_sd, tmp))
+    atomic_write(a.out / "config.yaml", yaml.safe_dump(new_cfg, sort_keys=False, allow_unicode=True))
     print(f"wrote {a.out / 'config.yaml'} and {a.out / 'model.pth'} (decoder: ssm, {new_cfg['decoder_conf']['num_blocks']} blocks)")
     return 0
 

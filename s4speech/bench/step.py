@@ -1,0 +1,73 @@
+"""(a) Beam-search step: ``batch_score`` of 8 hypotheses, one new token each, at prefix lengths 16 ... 2048.
+
+All three decoders in this process on the same random encoder output; ESPnet's get the states of the
+L - 1 token prefix, ours random states of it with the rows permuted, as after a beam re-ordering."""
+from __future__ import annotations
+
+from s4speech.bench.env import timeit
+from s4speech.bench.flops import bytes_ssm_step, flops_s4_step, flops_ssm_step, flops_transformer_step
+from s4speech.bench.models import BEAM, BLOCKS, N_STATE, V, build, espnet_s4_setup_step
+
+PREFIXES = [16, 128, 512, 1024, 2048]  # L
+SIZES = [(256, 200), (256, 1000), (512, 200), (512, 1000)]  # (d, encoder T); --quick: the first
+
+
+def ssm_step_call(dec, x, ys, perm):
+    """Our ``batch_score`` of the last token of ``ys`` (BEAM, L) against memory ``x`` (T, d), as a
+    no-argument callable: the (BEAM, d, N) states of an L - 1 token prefix (random contents), rows
+    permuted by ``perm`` as in a search."""
+    import torch
+
+    st0 = dec.init_state(x)
+    base = [0.1 * torch.randn(BEAM, x.shape[-1], N_STATE) for _ in range(BLOCKS)]
+    states = [dict(st0, ssm=base, row=perm[i], pos=ys.shape[1] - 1) for i in range(BEAM)]
+    xs = x.expand(BEAM, *x.shape)
+    return lambda: dec.batch_score(ys, states, xs)
+
+
+def bench_step(d: int, T: int, Ls, reps: int) -> list[dict]:
+    """One row per prefix length L: best / median seconds of each decoder's step, and the analytic models."""
+    import torch
+    from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
+
+    torch.manual_seed(0)
+    decs = {k: build(k, d).eval() for k in ("ssm", "s4", "transformer")}
+    espnet_s4_setup_step(decs["s4"])
+    x = torch.randn(T, d)
+    xs = x.expand(BEAM, T, d)
+    perm = torch.randperm(BEAM).tolist()  # beam search re-orders hypotheses every step
+    rows = []
+    for L in Ls:
+        ys = torch.randint(0, V - 1, (BEAM, L))
+        ys[:, 0] = V - 1
+        res = {}
+        with torch.no_grad():
+            res["ssm"] = timeit(ssm_step_call(decs["ssm"], x, ys, perm), reps, 3)
+            # ESPnet s4: per hypothesis a list of layer states (complex (1, H, 2N) for S4 layers)
+            dec = decs["s4"]
+            proto = dec.init_state(x)
+            states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
+            res["s4"] = timeit(lambda: dec.batch_score(ys, states, xs), reps, 1)
+            # ESPnet transformer: per hypothesis its cache, computed for the L - 1 prefix tokens
+            dec = decs["transformer"]
+            if L > 1:
+                _, cache = dec.forward_one_step(ys[:, :-1], subsequent_mask(L - 1).unsqueeze(0), xs, cache=None)
+                states = [[c[b] for c in cache] for b in range(BEAM)]
+            else:
+                states = [None] * BEAM
+            res["transformer"] = timeit(lambda: dec.batch_score(ys, states, xs), reps, 1)
+        rows.append({"d": d, "T": T, "L": L, **{k: {"best": v[0], "median": v[1]} for k, v in res.items()},
+                     "flops_ssm": flops_ssm_step(BEAM, d, T), "flops_s4": flops_s4_step(BEAM, d, T),
+                     "flops_transformer": flops_transformer_step(BEAM, d, T, L),
+                     "bytes_ssm": bytes_ssm_step(BEAM, d, T)})
+        print(f"  (a) d={d} T={T} L={L}: " + ", ".join(f"{k} {v['best'] * 1e3:.2f} ms" for k, v in rows[-1].items()
+                                                      if isinstance(v, dict)), flush=True)
+    return rows
+
+
+def measure(res: dict, opts, save) -> None:
+    """``res["a"]``: every (d, T) of SIZES (the first with --quick) at every prefix length."""
+    res["a"] = []
+    for d, T in SIZES[:1] if opts.quick else SIZES:
+        res["a"] += bench_step(d, T, PREFIXES, reps=5 if opts.quick else 7)
+    save(res)
