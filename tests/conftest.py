@@ -9,6 +9,8 @@ import pytest
 
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
+from helpers import an4_utts
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = [ROOT / "conf/demo/asr_ssm.yaml", ROOT / "conf/demo/asr_transformer.yaml"]
@@ -20,17 +22,6 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 def shared_data() -> Path:
     assert SHARED.is_dir(), f"test data not found at {SHARED}"
     return SHARED
-
-
-def an4_utts(an4: Path, split: str, copies: int = 1):
-    utts = []
-    for line in (an4 / "etc" / f"an4_{split}.transcription").read_text().splitlines():
-        m = re.match(r"(?:<s> )?(.*?)(?: </s>)? \((\S+)-(\S+)-(\S+)\)$", line.strip())
-        text, prefix, spk, suffix = m.groups()
-        wav = next((an4 / "wav").glob(f"*/{spk}/{prefix}-{spk}-{suffix}.sph"))
-        for c in range(copies):
-            utts.append(Utterance(f"{spk}-{prefix}-{suffix}-c{c}", spk, str(wav), text.lower()))
-    return utts
 
 
 @pytest.fixture(scope="session")

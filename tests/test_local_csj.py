@@ -8,7 +8,6 @@ fixture itself laid out).
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,142 +18,15 @@ from s4speech.corpora import csj
 from s4speech.corpora.csj import normalize_words
 from s4speech.io.kaldi import read_table
 
+from helpers import DEV_LECTURE, IPU, SR, build_lecture, make_csj
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-SR = 16000
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from pyopenjtalk's dictionary
-DEV_LECTURE = next(f"S02M{i:04d}" for i in range(1000) if csj.split_of(f"S02M{i:04d}") == "dev")
-
-try:
-    import pyopenjtalk
-except ImportError:  # pragma: no cover - exercised where pyopenjtalk-plus is not installed
-    pyopenjtalk = None
-
-_speech_cache: dict[str, np.ndarray] = {}
-
-
-def speech(text: str) -> np.ndarray:
-    """int16 16 kHz speech for ``text``, a multiple of 1 ms long."""
-    if text not in _speech_cache:
-        if pyopenjtalk is not None:
-            from scipy.signal import resample_poly
-
-            w, sr = pyopenjtalk.tts(text)
-            x = resample_poly(np.asarray(w, dtype=np.float64), SR, int(sr))
-            x = np.round(x * (16000 / max(np.abs(x).max(), 1.0))).astype(np.int16)  # peak at -6 dBFS
-        else:
-            sphs = sorted((SHARED / "mini_an4" / "wav").glob("*/*/*.sph"))
-            x, _ = sf.read(sphs[sum(map(ord, text)) % len(sphs)], dtype="int16")
-        pad = (-len(x)) % (SR // 1000)
-        _speech_cache[text] = np.concatenate([x, np.zeros(pad, np.int16)])
-    return _speech_cache[text]
-
-
-@dataclass
-class IPU:
-    words: list  # orthographic SDB forms, or (orthographic, katakana) pairs
-    say: str  # what is synthesised
-    gap: float  # pause before it, seconds (a multiple of 1 ms)
-    ch: str = "L"
-    start: float = 0.0
-    end: float = 0.0
-    extra: list = field(default_factory=list)  # raw lines inserted after the words
-
-
-def sdb_line(lecture, n, ipu_no, ipu, orth, kana):
-    time = f"{ipu_no:04d} {ipu.start:09.3f}-{ipu.end:09.3f} {ipu.ch}:-001-001"
-    plain = orth.strip("()<>")
-    cols = [lecture, f"{n:06d}", lecture, time, plain, orth, kana, plain, kana, plain, kana,
-            "名詞", "", "", "", "", ""]
-    assert len(cols) == 17
-    return "\t".join(cols)
-
-
-def build_lecture(corpus: Path, volume: str, lecture: str, ipus: list, encoding="cp932", wav=True):
-    """Write MORPH/SDB/<volume>/<lecture>.sdb and the WAV(s); fills in each IPU's start/end."""
-    t = 0.5
-    for ipu in ipus:
-        t = round(t + ipu.gap, 3)
-        ipu.start, ipu.end = t, round(t + len(speech(ipu.say)) / SR, 3)
-        t = ipu.end
-    total = int(round((t + 0.5) * SR))
-    channels = sorted({i.ch for i in ipus})
-    audio = {ch: np.zeros(total, np.int16) for ch in channels}
-    lines, n = [], 0
-    for k, ipu in enumerate(ipus, 1):
-        a = int(round(ipu.start * SR))
-        x = speech(ipu.say)
-        audio[ipu.ch][a:a + len(x)] = x
-        for w in ipu.words:
-            orth, kana = w if isinstance(w, tuple) else (w, w)
-            n += 1
-            lines.append(sdb_line(lecture, n, k, ipu, orth, kana))
-        lines.extend(ipu.extra)
-    sdb = corpus / "MORPH" / "SDB" / volume / f"{lecture}.sdb"
-    sdb.parent.mkdir(parents=True, exist_ok=True)
-    sdb.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))
-    if wav:
-        wav_dir = corpus / "WAV" / volume
-        wav_dir.mkdir(parents=True, exist_ok=True)
-        for ch in channels:
-            name = lecture if len(channels) == 1 else f"{lecture}-{ch}"
-            sf.write(wav_dir / f"{name}.wav", audio[ch], SR, subtype="PCM_16")
-    return audio
-
-
-def eval1_ipus():
-    return [
-        IPU(["(F えー)", "今日", "は", "音声", "認識", "の", "話", "を", "し", "ます"], "えー今日は音声認識の話をします", 0.0),
-        IPU(["(D こ)", "これ", "は", "<H>", "大切", "です"], "ここれは大切です", 0.2),
-        IPU(["(A エーアイ;ＡＩ)", "を", "使い", "ます<H>"], "エーアイを使います", 1.0),
-        IPU(["<笑>"], "ふふふ", 0.3),  # noise only: dropped
-        IPU(["(W ウー;ウーン)", "そう", "です", "ね"], "ウーそうですね", 0.3),
-        IPU(["(R ××)", "さん", "が"], "なになにさんが", 0.2),  # anonymised: dropped
-        IPU(["次", "に", "(F あの"], "次にあの", 0.2),  # a filler tag left open...
-        IPU(["ー)", "結果", "です"], "結果です", 0.8),  # ...closed in the next IPU: linked
-    ]
-
-
-def train_ipus():
-    ipus = [IPU(["表", "の", "機能", "を", "見", "ます"], "表の機能を見ます", 0.0),
-            IPU(["ソフト", "の", "能力", "です"], "ソフトの能力です", 0.1),
-            IPU(["声", "を", "出し", "ます"], "声を出します", 0.1),
-            IPU(["一・", "番", "目", "です"], "一番目です", 0.1),
-            IPU(["最後", "の", "文", "です"], "最後の文です", 0.1),
-            IPU(["これ", "は", "消え", "ます"], "これは消えます", 2.0)]
-    # a malformed line (too few columns) inside the last IPU: that IPU is skipped
-    ipus[-1].extra = ["A01F0055\t000099\tA01F0055"]
-    return ipus
-
-
-def dialogue_ipus():
-    return [IPU(["はい", "そう", "です"], "はいそうです", 0.0, "L"),
-            IPU(["そう", "です", "か"], "そうですか", 0.1, "R"),
-            IPU(["(F ええ)", "そうです"], "ええそうです", 0.1, "L")]
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("csj") / "CSJ"
-    lect = {
-        "A01M0110": ("core", eval1_ipus()),
-        "A01F0055": ("core", train_ipus()),
-        DEV_LECTURE: ("noncore", [IPU(["開発", "用", "です"], "開発用です", 0.0),
-                                  IPU(["(F まあ)", "以上", "です"], "まあ以上です", 0.4)]),
-        "S05M0613": ("noncore", [IPU(["除外", "です"], "除外です", 0.0)]),
-        "D01F0002": ("noncore", dialogue_ipus()),
-        "A02M0004": ("noncore", [IPU(["ＥＵＣ", "で", "書か", "れ", "た", "講演"], "イーユーシーで書かれた講演", 0.0)]),
-        "A02M0001": ("core", [IPU(["音声", "なし"], "音声なし", 0.0)]),
-        "A02M0002": ("core", [IPU(["壊れ", "た", "音声"], "壊れた音声", 0.0)]),
-    }
-    audio = {}
-    for lecture, (vol, ipus) in lect.items():
-        audio[lecture] = build_lecture(root, vol, lecture, ipus, encoding="euc_jp" if lecture == "A02M0004" else "cp932",
-                                       wav=lecture != "A02M0001")
-    (root / "WAV" / "core" / "A02M0002.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")  # unreadable
-    (root / "MORPH" / "SDB" / "core" / "A02M0003.sdb").write_bytes(bytes(range(0x80, 0x100)) * 4)  # undecodable
-    sf.write(root / "WAV" / "core" / "A02M0003.wav", np.zeros(SR, np.int16), SR)
-    return root, lect, audio
+    return make_csj(tmp_path_factory.mktemp("csj") / "CSJ")
 
 
 @pytest.fixture(scope="module")

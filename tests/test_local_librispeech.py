@@ -16,61 +16,15 @@ import soundfile as sf
 from s4speech.corpora import librispeech as ls
 from s4speech.io.kaldi import read_table
 
+from helpers import LAYOUT, an4_utterances, make_librispeech, write_chapter
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def an4_utterances():
-    """[(samples int16, TEXT)] for the 7 transcribed mini_an4 recordings, in a fixed order."""
-    texts = {}
-    for name in ("an4_train.transcription", "an4_test.transcription"):
-        for line in (SHARED / "mini_an4" / "etc" / name).read_text().splitlines():
-            words, _, utt = line.rpartition(" (")
-            texts[utt.rstrip(")")] = " ".join(w for w in words.split() if w not in ("<s>", "</s>"))
-    out = []
-    for sph in sorted((SHARED / "mini_an4" / "wav").glob("*/*/*.sph")):
-        if sph.stem not in texts:
-            continue
-        x, sr = sf.read(sph, dtype="int16")
-        assert sr == 16000
-        out.append((x, texts[sph.stem]))
-    assert len(out) == 7
-    return out
-
-
-# part -> reader -> chapter -> indices into an4_utterances()
-LAYOUT = {
-    "dev-clean": {"1272": {"128104": [0, 1, 2], "135031": [3, 4]}},
-    "dev-other": {"116": {"288045": [5, 6]}},
-    "test-clean": {"1089": {"134686": [0, 1, 2, 3, 4]}, "121": {"121726": [5, 6]}},
-    "train-clean-100": {"19": {"198": [6, 5]}},
-}
-
-
-def write_chapter(part_dir: Path, reader: str, chapter: str, items, trans_lines=None):
-    d = part_dir / reader / chapter
-    d.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for n, (x, text) in enumerate(items):
-        utt = f"{reader}-{chapter}-{n:04d}"
-        sf.write(d / f"{utt}.flac", x, 16000, subtype="PCM_16")
-        lines.append(f"{utt} {text}\n")
-    (d / f"{reader}-{chapter}.trans.txt").write_text("".join(lines if trans_lines is None else trans_lines))
-    return d
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    an4 = an4_utterances()
-    root = tmp_path_factory.mktemp("ls_corpus")
-    expected = {}  # utt -> (speaker, text, samples)
-    for part, readers in LAYOUT.items():
-        for reader, chapters in readers.items():
-            for chapter, idx in chapters.items():
-                write_chapter(root / "LibriSpeech" / part, reader, chapter, [an4[i] for i in idx])
-                for n, i in enumerate(idx):
-                    expected[f"{reader}-{chapter}-{n:04d}", part] = (f"{reader}-{chapter}", an4[i][1], an4[i][0])
-    return root, expected
+    return make_librispeech(tmp_path_factory.mktemp("ls_corpus"))
 
 
 def check_kaldi_dir(d: Path):

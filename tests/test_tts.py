@@ -20,7 +20,8 @@ import s4speech  # noqa: F401  registers tts: ssm
 from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
 from s4speech.tts.model import SSMTTS
 
-from conftest import ROOT, an4_utts
+from conftest import ROOT
+from helpers import an4_utts, make_ljspeech
 
 TINY = dict(adim=32, aheads=2, elayers=1, eunits=64, dlayers=2, dunits=64, dprenet_units=32, postnet_layers=2,
             postnet_chans=32, d_state=16)
@@ -308,27 +309,6 @@ def test_tts_inference_drop_in_honours_maxlenratio(tts_run, tmp_path):
 
 
 # ---- LJSpeech preparation ------------------------------------------------------------------------
-def make_ljspeech(root: Path, clip: Path) -> Path:
-    tree = root / "LJSpeech-1.1"
-    (tree / "wavs").mkdir(parents=True)
-    x, fs = sf.read(str(clip), dtype="int16")
-    ids = [f"LJ001-{i:04d}" for i in range(1, 13)]
-    for i, utt in enumerate(ids):
-        sf.write(str(tree / "wavs" / f"{utt}.wav"), x[: fs // 2 + 100 * i], fs, subtype="PCM_16")
-    (tree / "wavs" / "LJ009-0001.wav").write_bytes(b"not a wav file")
-    lines = [f"{u}|Raw text {i}, with “quotes”.|Normalized text number {i}, with “quotes”." for i, u in enumerate(ids)]
-    lines[3] = f"{ids[3]}|Mr. Smith paid $5.|"  # no normalized text: the raw one is used
-    lines += ["malformed line without separators",
-              "LJ001-0001|duplicate|duplicate",
-              "LJ009-0002|no audio for this one|no audio for this one",
-              "LJ009-0001|unreadable audio|unreadable audio",
-              "LJ001-0005|||",  # a 4th field
-              "../evil|bad id|bad id",
-              ""]
-    (tree / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
-
-
 def test_ljspeech_prepare_on_a_generated_tree(tmp_path, shared_data, caplog):
     from s4speech.corpora import ljspeech
 

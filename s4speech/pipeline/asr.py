@@ -2,7 +2,7 @@
 models under exp/).
 
   1 data preparation (s4speech.corpora)          7 train the LM (--use_lm) and every --asr_config
-  2 LM text (--use_lm: corpus LM text + train)   8 decode each test set with each --inference_config
+  2 LM text (--use_lm: corpus LM text + train)   8 decode every test set with each --inference_config
   3 format: referenced in place, or converted     (without and, with --use_lm, with the LM)
   4 filter train/dev by length                   9 score: WER/CER tables (jiwer)
   5 tokenizer + token list                      10 long-form: decode whole recordings
@@ -12,6 +12,7 @@ models under exp/).
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import sys
@@ -207,38 +208,48 @@ def lm_perplexity(r: ASRRecipe) -> float:
 
 
 # ---- stage 8: decoding ------------------------------------------------------------------------------------
-def decode_set(r: ASRRecipe, sysdir: Path, s: str, dec: Decoding) -> Path:
-    out = sysdir / dec.name / s
-    if done(out):
-        return out
-    d = r.raw(s)
-    keys = sorted(read_table(d / "utt2num_samples"))
-    nj = max(1, min(r.inference_nj, len(keys)))
-    threads = str(max(1, (os.cpu_count() or 1) // nj))
+def decode_sets(r: ASRRecipe, sysdir: Path, sets: list[str], dec: Decoding) -> None:
+    """Decode the sets not decoded yet with one system and one decoding: ``--inference_nj`` jobs, each
+    taking its share of every set in one process (ESPnet's asr_inference run per set)."""
+    todo = [s for s in sets if not done(sysdir / dec.name / s)]
+    if not todo:
+        return
+    keys = {s: sorted(read_table(r.raw(s) / "utt2num_samples")) for s in todo}
+    nj = max(1, min(r.inference_nj, max(len(k) for k in keys.values())))
+    common = ["--batch_size", "1", "--ngpu", "1" if r.gpu_inference else "0",
+              "--asr_train_config", sysdir / "config.yaml", "--asr_model_file", r.asr_model(sysdir)]
+    if dec.config:
+        common += ["--config", dec.config]
+    if dec.lm:
+        common += ["--lm_train_config", r.lm_dir / "config.yaml", "--lm_file", model_file(r.lm_dir, "lm")]
+    else:
+        common += ["--lm_weight", "0.0"]
     jobs = []
     for j in range(nj):
-        part = out / "split" / f"keys.{j + 1}"
-        atomic_write(part, "".join(f"{k}\n" for k in keys[j::nj]))
-        cmd = [sys.executable, "-m", "s4speech.bin.asr_inference", "--batch_size", "1",
-               "--ngpu", "1" if r.gpu_inference else "0",
-               "--data_path_and_name_and_type", r.speech_spec(d), "--key_file", part,
-               "--asr_train_config", sysdir / "config.yaml", "--asr_model_file", r.asr_model(sysdir),
-               "--output_dir", out / "split" / f"out.{j + 1}"]
-        if dec.config:
-            cmd += ["--config", dec.config]
-        if dec.lm:
-            cmd += ["--lm_train_config", r.lm_dir / "config.yaml", "--lm_file", model_file(r.lm_dir, "lm")]
-        else:
-            cmd += ["--lm_weight", "0.0"]
-        env = {"CUDA_VISIBLE_DEVICES": str(j % max(1, _gpus()))} if r.gpu_inference else {"OMP_NUM_THREADS": threads}
-        jobs.append((cmd, out / "split" / f"decode.{j + 1}.log", env))
-    run_all(jobs, f"decoding {s} with {sysdir.name} ({dec.name})")
-    hyp = {}
-    for j in range(nj):
-        hyp.update(read_table(out / "split" / f"out.{j + 1}" / "1best_recog" / "text"))
-    atomic_write(out / "text", "".join(f"{k} {hyp.get(k, '')}\n" for k in keys))
-    mark_done(out)
-    return out
+        runs = []
+        for s in todo:
+            part = keys[s][j::nj]
+            if not part:
+                continue
+            split = sysdir / dec.name / s / "split"
+            atomic_write(split / f"keys.{j + 1}", "".join(f"{k}\n" for k in part))
+            runs.append([*common, "--data_path_and_name_and_type", r.speech_spec(r.raw(s)),
+                         "--key_file", split / f"keys.{j + 1}", "--output_dir", split / f"out.{j + 1}"])
+        spec = sysdir / dec.name / f"jobs.{j + 1}.json"
+        atomic_write(spec, json.dumps([[str(a) for a in run] for run in runs], indent=1))
+        env = {"CUDA_VISIBLE_DEVICES": str(j % max(1, _gpus()))} if r.gpu_inference else \
+            {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nj))}
+        jobs.append(([sys.executable, "-m", "s4speech.bin.asr_decode_sets", spec], sysdir / dec.name / f"decode.{j + 1}.log", env))
+    run_all(jobs, f"decoding {', '.join(todo)} with {sysdir.name} ({dec.name})")
+    for s in todo:
+        out = sysdir / dec.name / s
+        hyp = {}
+        for j in range(nj):
+            f = out / "split" / f"out.{j + 1}" / "1best_recog" / "text"
+            if f.exists():
+                hyp.update(read_table(f))
+        atomic_write(out / "text", "".join(f"{k} {hyp.get(k, '')}\n" for k in keys[s]))
+        mark_done(out)
 
 
 def _gpus() -> int:
@@ -248,10 +259,10 @@ def _gpus() -> int:
 
 
 def stage_decode(r: ASRRecipe, sets=None) -> None:
+    """Every test set, long-form ones included, with every system and decoding."""
     for cfg in r.asr_configs:
         for dec in r.decodings():
-            for s in sets or r.test_sets:
-                decode_set(r, r.system(cfg), s, dec)
+            decode_sets(r, r.system(cfg), sets or r.all_test_sets(), dec)
 
 
 # ---- stages 9-11: scoring and the report ---------------------------------------------------------------------
@@ -260,10 +271,11 @@ def stage_score(r: ASRRecipe, sets=None) -> dict:
     from s4speech.metrics.asr import score_dir
 
     results = {}
+    stage_decode(r, sets or r.test_sets)
     for cfg in r.asr_configs:
         for dec in r.decodings():
             for s in sets or r.test_sets:
-                out = decode_set(r, r.system(cfg), s, dec)
+                out = r.system(cfg) / dec.name / s
                 results[(r.system(cfg).name, dec.name, s)] = score_dir(r.raw(s) / "text", out / "text", out)
     return results
 

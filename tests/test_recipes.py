@@ -1,0 +1,86 @@
+"""Every recipe end to end through its own run.sh, on a small tree in its corpus' own layout (real speech),
+with tiny configs given on the command line (they replace run.sh's lists): data, format, tokens, statistics,
+LM, training, decoding (with and without the LM), scoring, long-form, report, packing."""
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from s4speech.io.kaldi import read_table
+
+from helpers import (SHARED, make_csj, make_librispeech, run_recipe, tiny_asr_config, tiny_decode_config,
+                     tiny_lm_config)
+
+pytestmark = pytest.mark.recipe
+
+# every LibriSpeech part, so that train_960 and test_other exist (mini_an4 utterances, by index)
+LIBRISPEECH = {
+    "train-clean-100": {"19": {"198": [0, 1, 2, 3]}},
+    "train-clean-360": {"20": {"200": [4, 5, 6]}},
+    "train-other-500": {"21": {"210": [6, 5, 4, 3]}},
+    "dev-clean": {"1272": {"128104": [0, 1]}},
+    "dev-other": {"116": {"288045": [2]}},
+    "test-clean": {"1089": {"134686": [0, 1, 2, 3, 4]}},
+    "test-other": {"121": {"121726": [5, 6]}},
+}
+
+
+def rows(report: str, metric: str) -> list[str]:
+    """The row names of one table ('WER' or 'CER') of a RESULTS.md."""
+    part = report.split(f"## {metric}\n", 1)[1].split("\n## ", 1)[0]
+    return [line.split("|")[1] for line in part.splitlines() if line.startswith("|") and not line.startswith("|---")
+            and not line.startswith(f"|{metric}|")]
+
+
+def check_packed_model_transcribes(zip_path, wav, tmp_path):
+    """The packed model of a recipe loads in `s4speech transcribe` and in ESPnet's Speech2Text."""
+    assert zipfile.is_zipfile(zip_path)
+    out = tmp_path / "transcripts"
+    p = subprocess.run([sys.executable, "-m", "s4speech.cli", "transcribe", "--model", str(zip_path), str(wav),
+                        "--out_dir", str(out), "--format", "json", "--beam_size", "2"],
+                       capture_output=True, text=True, timeout=300, env={"XDG_CACHE_HOME": str(tmp_path / "cache"),
+                                                                        "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(next(out.glob("*.json")).read_text())
+    assert doc["segments"] is not None and "text" in doc
+
+
+def test_librispeech_recipe_with_lm(tmp_path):
+    root, _ = make_librispeech(tmp_path / "corpus", LIBRISPEECH)
+    lm_text = tmp_path / "lm.txt"
+    lm_text.write_text("THE QUICK BROWN FOX\nTWO THREE FOUR\nGO STOP YES NO\n" * 20)
+    work = tmp_path / "run"
+    cfg = tiny_asr_config(tmp_path / "tiny_ssm.yaml", "ssm")
+    p = run_recipe("librispeech/asr1", work, "--corpus_dir", root, "--ngpu", "0", "--nj", "2", "--inference_nj", "1",
+                   "--num_workers", "0", "--asr_config", cfg, "--lm_config", tiny_lm_config(tmp_path / "lm.yaml"),
+                   "--lm_train_text", lm_text, "--inference_config", tiny_decode_config(tmp_path / "dec.yaml", 0.3),
+                   "--long_sets", "test_clean_long_5s", "--nbpe", "30", "--min_sec", "0.1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/librispeech/asr1"
+    # no copy of the corpus audio: the dumped wav.scp points at the FLAC files themselves
+    wav = read_table(rdir / "dump/raw/train_960/wav.scp")
+    assert len(wav) == 11 and all(p.startswith(str(root)) and p.endswith(".flac") for p in wav.values())
+    assert not list((rdir / "dump").rglob("*.flac")) and not list((rdir / "dump").rglob("*.wav"))
+    # speed perturbation on the fly: in the training options, not as files
+    conf = yaml.safe_load((rdir / "exp/asr_tiny_ssm/config.yaml").read_text())
+    effects = conf["preprocessor_conf"]["data_aug_effects"]
+    assert sorted(e[2]["factor"] for e in effects) == [0.9, 1.0, 1.1]
+    assert conf["num_workers"] == 0 and conf["max_epoch"] == 2  # the tiny config, not run.sh's
+    assert sorted(p.name for p in (rdir / "exp").glob("asr_*") if p.is_dir()) == ["asr_stats_unigram", "asr_tiny_ssm"]
+    # the LM: trained on the given text plus the transcripts, dev perplexity reported
+    assert (rdir / "exp/lm_lm/valid.loss.ave.pth").exists() or (rdir / "exp/lm_lm/valid.loss.best.pth").exists()
+    lm_lines = (rdir / "data/lm/train.txt").read_text().splitlines()
+    assert len(lm_lines) == 11 + 60
+    report = (rdir / "RESULTS.md").read_text()
+    assert "LM `lm_lm`: perplexity" in report
+    wer_rows = rows(report, "WER")
+    for s in ("test_clean", "test_other", "test_clean_long_5s"):
+        for dec in ("decode_dec", "decode_dec_lm"):
+            assert f"asr_tiny_ssm / {dec} / {s}" in wer_rows, wer_rows
+    assert len(wer_rows) == 6 and "lm_weight 0.0" in report and "lm_weight 0.3" in report
+    assert (rdir / "longform_wer.png").stat().st_size > 1000
+    check_packed_model_transcribes(rdir / "exp/asr_tiny_ssm.zip", root / "LibriSpeech/test-clean/1089/134686/1089-134686-0000.flac",
+                                   tmp_path)
