@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from s4speech.nn.layers import CrossAttention, FeedForward
+from s4speech.nn.layers import CrossAttention, FeedForward, MemoryRows
 from s4speech.ssm.layer import SSMLayer
 
 
@@ -46,16 +46,20 @@ class DecoderBlock(nn.Module):
         x = self._residual(x, self.norm3, lambda h: self.dropout(self.ff(h)))
         return (x, w) if return_weights else x
 
-    def _attend(self, x, k, v, mask, return_weights):
-        if mask is None and k.shape[0] == 1 and not self.training:  # one memory shared by all rows
-            return self.src_attn.step(x, k, v, return_weights=return_weights)
+    def _attend(self, x, k, v, mask, return_weights, rows):
+        if mask is None and not self.training and (rows is not None or k.shape[0] == 1):
+            return self.src_attn.step(x, k, v, return_weights=return_weights, rows=rows)  # memories shared by rows
+        if rows is not None:  # (training mode) per-row copies of the memories
+            k, v = k.index_select(0, rows.memory), v.index_select(0, rows.memory)
+            mask = None if rows.mask is None else rows.mask.index_select(0, rows.memory)
         a = self.src_attn(x[:, None], k, v, mask, return_weights=return_weights)
         return (a[0][:, 0], a[1][:, :, 0]) if return_weights else a[:, 0]
 
-    def step(self, x, state, k, v, mask, inplace=False, return_weights=False):
-        """One position. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk)
-        -> x, new state [, weights (B, heads, T)]. ``inplace``: the new state overwrites ``state``
-        (see ``SSMLayer.step``)."""
+    def step(self, x, state, k, v, mask, inplace=False, return_weights=False, rows: MemoryRows | None = None):
+        """One position. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk), or with ``rows``
+        (U, heads, T, dk), U memories that the rows share (row i attends to ``rows.memory[i]``; then mask
+        is None) -> x, new state [, weights (B, heads, T)]. ``inplace``: the new state overwrites ``state``
+        where no autograd graph is built (see ``SSMLayer.step``)."""
         new_state, w = None, None
 
         def ssm(h):
@@ -65,7 +69,7 @@ class DecoderBlock(nn.Module):
 
         def attend(h):
             nonlocal w
-            a = self._attend(h, k, v, mask, return_weights)
+            a = self._attend(h, k, v, mask, return_weights, rows)
             if return_weights:
                 a, w = a
             return a

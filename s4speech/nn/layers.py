@@ -1,6 +1,8 @@
 """Small building blocks shared by the ASR and TTS modules."""
 from __future__ import annotations
 
+from typing import List, NamedTuple, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -18,11 +20,16 @@ ACTIVATIONS = {
 }
 
 
-def rows_linear(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+def rows_linear(lin: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``lin(x)`` for a few rows x (n, d_in), computed as (W x^T + b)^T.
 
     Same result as ``lin(x)``; for the handful of rows of a decoding step (n = beam) this orientation
-    lets the BLAS stream the weight once without packing it. Returns a transposed (non-contiguous) view."""
+    lets the BLAS stream the weight once without packing it. Returns a transposed (non-contiguous) view.
+    Any other module in the place of a plain ``nn.Linear`` with a bias (a dynamically quantized Linear,
+    whose ``weight``/``bias`` are methods over int8 packed weights; a subclass with its own forward) is
+    simply called."""
+    if type(lin) is not nn.Linear or lin.bias is None:
+        return lin(x)
     return torch.addmm(lin.bias[:, None], lin.weight, x.T).T
 
 
@@ -41,6 +48,31 @@ class FeedForward(nn.Module):
     def step(self, x):
         """x: (n, d) one frame per row (inference)."""
         return rows_linear(self.w2, self.act(rows_linear(self.w1, x)))
+
+
+class MemoryRows(NamedTuple):
+    """Which of U stacked memories (k, v: (U, heads, T, dk)) each of n query rows attends to.
+
+    The rows are laid out as U groups of ``per_memory`` query slots, row i in slot ``slot[i]`` of the
+    (U * per_memory) flat layout (unused slots hold zero queries): one attention call over the batch of
+    U memories serves every row, and no memory is copied per row."""
+
+    memory: torch.Tensor  # (n,) long: the memory of each row
+    slot: torch.Tensor  # (n,) long: its query slot, memory * per_memory + rank among that memory's rows
+    count: int  # U
+    per_memory: int  # query slots per memory: the most rows any memory has
+    mask: Optional[torch.Tensor]  # (U, 1, 1, T) True = a frame of that memory; None: all have T frames
+
+    @classmethod
+    def of(cls, memory: List[int], count: int, mask: Optional[torch.Tensor] = None, device=None) -> "MemoryRows":
+        rank, slot_rank = [0] * count, []
+        for u in memory:
+            slot_rank.append(rank[u])
+            rank[u] += 1
+        m = max(rank)
+        slot = [u * m + r for u, r in zip(memory, slot_rank)]
+        as_long = lambda v: torch.tensor(v, dtype=torch.long, device=device)
+        return cls(as_long(memory), as_long(slot), count, m, mask)
 
 
 class CrossAttention(nn.Module):
@@ -79,22 +111,39 @@ class CrossAttention(nn.Module):
         o = self.out(o.transpose(1, 2).reshape(B, L, -1))
         return (o, w) if return_weights else o
 
-    def step(self, x, k, v, return_weights=False):
-        """One query per hypothesis, all attending to the same memory (no mask).
+    def step(self, x, k, v, return_weights=False, rows: Optional[MemoryRows] = None):
+        """One query per hypothesis (inference).
 
-        x: (n, d); k, v: (1, heads, T, dk) -> (n, d) [and weights (n, heads, T)]. The n hypotheses are
-        the query positions of a single attention call, so the shared keys/values are neither expanded
-        nor copied.
+        x: (n, d) -> (n, d) [and weights (n, heads, T)]. ``rows`` None: k, v (1, heads, T, dk), one memory
+        shared by all rows, whose n hypotheses are the query positions of a single attention call (the
+        keys/values are neither expanded nor copied). ``rows``: k, v (U, heads, T, dk), row i attends to
+        memory ``rows.memory[i]`` (its padded frames masked out), still in one attention call.
         """
         n = x.shape[0]
-        q = rows_linear(self.q, x).reshape(n, self.h, self.dk).transpose(0, 1)[None]  # (1, heads, n, dk)
+        q = rows_linear(self.q, x).reshape(n, self.h, self.dk)
+        mask = None
+        if rows is None:
+            q = q.transpose(0, 1)[None]  # (1, heads, n, dk)
+        else:  # each row at its slot of (U, per_memory) query positions
+            U, m = rows.count, rows.per_memory
+            q = q.new_zeros(U * m, self.h, self.dk).index_copy_(0, rows.slot, q)
+            q = q.view(U, m, self.h, self.dk).transpose(1, 2)  # (U, heads, m, dk)
+            mask = rows.mask
         if return_weights:
-            w = ((q @ k.transpose(-1, -2)) / self.dk**0.5).softmax(-1)  # (1, heads, n, T)
+            w = (q @ k.transpose(-1, -2)) / self.dk**0.5  # (U, heads, m, T)
+            if mask is not None:
+                w = w.masked_fill(~mask, float("-inf"))
+            w = w.softmax(-1)
             o = w @ v
+            w = w.transpose(1, 2).flatten(0, 1)  # (U m, heads, T)
         else:
-            o = F.scaled_dot_product_attention(q, k, v)
-        o = rows_linear(self.out, o[0].transpose(0, 1).reshape(n, -1))
-        return (o, w[0].transpose(0, 1)) if return_weights else o
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        o = o.transpose(1, 2).reshape(-1, self.h * self.dk)  # (U m, d)
+        if rows is not None:  # back to the rows' order
+            o = o.index_select(0, rows.slot)
+            w = w.index_select(0, rows.slot) if return_weights else None
+        o = rows_linear(self.out, o)
+        return (o, w) if return_weights else o
 
 
 class StrictLoadMixin:

@@ -23,12 +23,25 @@ Memory is bounded: the S4 kernel is computed in chunks of frequencies, so no
 tensor holds more than ``CHUNK_ELEMENTS`` complex numbers besides the (H, L)
 output (the S4D blocks hold O(H N sqrt(L))).
 
-Each kernel also exposes ``step(u, state)``, the recurrence, with its
-discretized parameters cached and recomputed automatically when a parameter
-changes (optimizer step, ``load_state_dict``, ``.to()``). The S4 step is O(N)
+Each kernel also exposes ``step(u, state)``, the recurrence. The S4 step is O(N)
 per channel: the bilinear step of a diagonal-plus-rank-one A is diagonal plus
 rank one (``S4Kernel.step_system``); its state holds the complex half-state as
-interleaved (re, im) pairs, like the S4D state.
+interleaved (re, im) pairs, like the S4D state. With ``inplace`` the new state
+overwrites the old one, but only where no autograd graph is built (grad mode
+off, or nothing involved requires grad); otherwise the step is out of place, so
+``backward()`` through a recurrence works.
+
+The step's discretized parameters (dA, dB, C) are cached between steps, when no
+graph is built. The cache is recomputed when a parameter's (data_ptr, version,
+dtype, device) changes: an optimizer step, any in-place edit through the
+parameter, ``load_state_dict``, ``.to()``. An in-place edit through ``p.data``
+(EMA and weight-averaging helpers) changes none of these, so the cache is also
+dropped (``refresh_step``) at ``train()`` / ``eval()``, at ``load_state_dict`` and
+when a recurrence starts (``SSMLayer.default_state``: the decoder's ``init_state``,
+the TTS inference), at the cost of one recomputation per utterance. (A
+fingerprint of the values checked at every step would cost O(H N) reads per
+step and layer, about the size of the step itself.) So a ``.data`` edit made
+between two steps of one recurrence is seen from the next recurrence on.
 """
 from __future__ import annotations
 
@@ -71,17 +84,22 @@ def _log_dt(H: int, dt_min: float, dt_max: float) -> torch.Tensor:
     return torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
 
 
-def _trains(module: nn.Module) -> bool:
-    """Would a computation from this module's parameters build an autograd graph now?"""
-    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+def _trains(module: nn.Module, *tensors: torch.Tensor) -> bool:
+    """Would a computation from this module's parameters (and ``tensors``) build an autograd graph now?"""
+    return torch.is_grad_enabled() and (
+        any(p.requires_grad for p in module.parameters()) or any(t.requires_grad for t in tensors)
+    )
 
 
 class _Cached:
-    """Cache of a function of a module's parameters, keyed on their versions."""
+    """Cache of a function of a module's parameters, keyed on their versions (see the module docstring)."""
 
     def __init__(self):
         self.key = None
         self.value = None
+
+    def clear(self):
+        self.key = self.value = None
 
     def get(self, module: nn.Module, fn):
         if _trains(module):
@@ -95,7 +113,27 @@ class _Cached:
         return self.value
 
 
-class S4DKernel(nn.Module):
+class _StepCached(nn.Module):
+    """A kernel whose step parameters are cached in ``self._step``, dropped by ``refresh_step``."""
+
+    def __init__(self):
+        super().__init__()
+        self._step = _Cached()
+
+    def refresh_step(self):
+        """Recompute the step parameters at the next step (after an edit through ``p.data``)."""
+        self._step.clear()
+
+    def train(self, mode: bool = True):
+        self.refresh_step()
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.refresh_step()
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class S4DKernel(_StepCached):
     """Diagonal SSM: A = -exp(log_A_real) + i A_imag, ZOH discretization."""
 
     def __init__(self, H: int, N: int = 64, init: str = "lin", dt_min=1e-3, dt_max=1e-1, lr=None):
@@ -114,7 +152,6 @@ class S4DKernel(nn.Module):
         _register(self, "A_imag", imag.repeat(H, 1), lr)
         _register(self, "B", torch.view_as_real(torch.ones(H, N // 2, dtype=torch.cfloat)).clone(), lr)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat)))
-        self._step = _Cached()
 
     def _discrete(self):
         """dtA, dB*C-free pieces: (H, N/2) complex each."""
@@ -148,13 +185,15 @@ class S4DKernel(nn.Module):
         return torch.exp(dtA), dB, torch.view_as_complex(self.C.float())
 
     def step(self, u: torch.Tensor, state: torch.Tensor, inplace: bool = False):
-        """u: (B, H), state: (B, H, N) real -> y: (B, H), new state (B, H, N) (``inplace``: in ``state``)."""
+        """u: (B, H), state: (B, H, N) real -> y: (B, H), new state (B, H, N).
+
+        ``inplace``: written into ``state``, unless an autograd graph is being built."""
         dA, dB, C = self._step.get(self, self._step_params)
         x = torch.view_as_complex(state.float().reshape(*state.shape[:-1], -1, 2).contiguous())
         x = dA * x + dB * u.float()[..., None]  # (B, H, N/2)
         y = 2 * torch.einsum("hn,bhn->bh", C, x).real
         new = torch.view_as_real(x).flatten(-2).to(state.dtype)
-        return y.to(u.dtype), (state.copy_(new) if inplace else new)
+        return y.to(u.dtype), (state.copy_(new) if inplace and not _trains(self, u, state) else new)
 
 
 class _PairCauchy(torch.autograd.Function):
@@ -214,7 +253,7 @@ def hippo_legs_dplr(N: int):
     return Lambda, P_t, B_t
 
 
-class S4Kernel(nn.Module):
+class S4Kernel(_StepCached):
     """S4: DPLR A = Lambda - P P^* (HiPPO-LegS), bilinear discretization.
 
     Parameters are the N/2 conjugate-pair halves; the system they describe is
@@ -237,7 +276,6 @@ class S4Kernel(nn.Module):
         _register(self, "P", rep(P), lr)
         _register(self, "B", rep(B), lr)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat)))
-        self._step = _Cached()
 
     def _params(self, dtype=torch.float):
         """dt (H,), Lambda, P, B, C (H, N/2) complex; A, P, B shared by channels h = h' mod n_ssm."""
@@ -383,10 +421,11 @@ class S4Kernel(nn.Module):
         The state holds the N/2 complex half-state as interleaved (re, im) pairs; one step costs O(N)
         per channel (diagonal plus rank one), not the O(N^2) of the dense discretized matrix.
         ``inplace`` (a contiguous float32 state the caller owns): the new state is written into
-        ``state``, with no (B, H, N) temporaries (each costs page faults on CPU).
+        ``state``, with no (B, H, N) temporaries (each costs page faults on CPU), unless an autograd
+        graph is being built (the backward needs the old state).
         """
         a, f, q, g, c = self._step.get(self, self._step_params)
-        own = inplace and state.dtype == torch.float and state.is_contiguous()
+        own = inplace and state.dtype == torch.float and state.is_contiguous() and not _trains(self, u, state)
         s = state if own else state.float().contiguous()
         w = torch.linalg.vecdot(s, q).unsqueeze(-1)  # Re(q . x): (B, H, 1), from the old state
         z = torch.view_as_complex(s.view(*s.shape[:-1], -1, 2))

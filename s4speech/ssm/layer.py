@@ -72,13 +72,17 @@ class SSMLayer(nn.Module):
         return F.glu(self.output_linear(y), dim=-1)
 
     def default_state(self, batch: int, device=None, dtype=torch.float) -> torch.Tensor:
+        """The zero state (batch, H, N) a recurrence starts from. The step re-reads the parameters
+        then (``refresh_step``), so edits through ``p.data`` since the last recurrence are seen."""
+        self.kernel.refresh_step()
         return torch.zeros(batch, self.H, self.N, device=device, dtype=dtype)
 
     def step(self, u: torch.Tensor, state: torch.Tensor, inplace: bool = False):
         """u: (B, H), state: (B, H, N) -> y: (B, H), new state. Causal layers only.
 
         ``inplace``: the new state overwrites ``state`` (a tensor the caller owns, e.g. freshly gathered
-        beam rows), saving the allocations of the (B, H, N) intermediates."""
+        beam rows), saving the allocations of the (B, H, N) intermediates; out of place where an autograd
+        graph is built."""
         if self.bidirectional:
             raise RuntimeError("a bidirectional SSM layer has no recurrent step")
         y, state = self.kernel.step(u, state, inplace=inplace)
