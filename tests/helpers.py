@@ -293,3 +293,20 @@ def run_recipe(recipe: str, work: Path, *args, timeout: float = 1500) -> "subpro
         (work / "conf").symlink_to(ROOT / "conf")
     return subprocess.run(["bash", str(dst / "run.sh"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHON": sys.executable})
+
+
+def tiny_tts_config(path: Path, fs: int = 8000) -> Path:
+    """tts: ssm small enough to train in seconds, features at ``fs``."""
+    import yaml
+
+    n_fft, hop = (1024, 256) if fs > 16000 else (256, 80)
+    path.write_text(yaml.safe_dump(dict(
+        feats_extract="fbank",
+        feats_extract_conf=dict(fs=fs, n_fft=n_fft, win_length=n_fft, hop_length=hop, n_mels=20, fmin=40, fmax=fs // 2),
+        tts="ssm",
+        tts_conf=dict(adim=32, aheads=2, elayers=1, eunits=64, dlayers=1, dunits=64, dprenet_units=32, postnet_layers=1,
+                      postnet_chans=32, reduction_factor=3, d_state=8),
+        optim="adam", optim_conf=dict(lr=0.005), scheduler="warmuplr", scheduler_conf=dict(warmup_steps=3),
+        batch_type="unsorted", batch_size=4, max_epoch=1, best_model_criterion=[["valid", "loss", "min"]],
+        keep_nbest_models=1, num_att_plot=0, seed=0)))
+    return path

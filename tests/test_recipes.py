@@ -12,7 +12,7 @@ import yaml
 from s4speech.io.kaldi import read_table
 
 from helpers import (SHARED, make_csj, make_librispeech, run_recipe, tiny_asr_config, tiny_decode_config,
-                     tiny_lm_config)
+                     tiny_lm_config, tiny_tts_config)
 
 pytestmark = pytest.mark.recipe
 
@@ -84,3 +84,55 @@ def test_librispeech_recipe_with_lm(tmp_path):
     assert (rdir / "longform_wer.png").stat().st_size > 1000
     check_packed_model_transcribes(rdir / "exp/asr_tiny_ssm.zip", root / "LibriSpeech/test-clean/1089/134686/1089-134686-0000.flac",
                                    tmp_path)
+
+
+def test_librispeech_100_recipe(tmp_path):
+    root, _ = make_librispeech(tmp_path / "corpus", {k: v for k, v in LIBRISPEECH.items() if "360" not in k and "500" not in k})
+    work = tmp_path / "run"
+    p = run_recipe("librispeech_100/asr1", work, "--corpus_dir", root, "--ngpu", "0", "--nj", "2", "--inference_nj", "1",
+                   "--num_workers", "0", "--asr_config", tiny_asr_config(tmp_path / "tiny_tr.yaml", "transformer"),
+                   "--inference_config", tiny_decode_config(tmp_path / "dec.yaml"), "--long_sets", "test_clean_long_5s",
+                   "--nbpe", "20", "--min_sec", "0.1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/librispeech_100/asr1"
+    assert len(read_table(rdir / "dump/raw/train_100/wav.scp")) == 4
+    assert rows((rdir / "RESULTS.md").read_text(), "CER") == [
+        f"asr_tiny_tr / decode_dec / {s}" for s in ("test_clean", "test_clean_long_5s", "test_other")]
+    assert zipfile.is_zipfile(rdir / "exp/asr_tiny_tr.zip")
+
+
+def test_csj_recipe_on_segmented_lectures(tmp_path):
+    """CSJ's run.sh with its own --speed_perturb_factors on segmented lectures (the perturbation used to
+    look utterances up in the lecture-keyed wav.scp: KeyError at stage 2); the LM on the transcripts."""
+    root, _, _ = make_csj(tmp_path / "CSJ")
+    work = tmp_path / "run"
+    p = run_recipe("csj/asr1", work, "--corpus_dir", root, "--ngpu", "0", "--nj", "2", "--inference_nj", "1",
+                   "--num_workers", "0", "--asr_config", tiny_asr_config(tmp_path / "tiny_ssm.yaml", "ssm"),
+                   "--lm_config", tiny_lm_config(tmp_path / "lm.yaml"),
+                   "--inference_config", tiny_decode_config(tmp_path / "dec.yaml", 0.3),
+                   "--test_sets", "eval1", "--long_sets", "eval1_long_5s", "--min_sec", "0.1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/csj/asr1"
+    assert (rdir / "dump/raw/train_filtered/segments").exists()  # read in place from the lectures
+    assert not list((rdir / "dump").rglob("*.wav")) and not list((rdir / "dump").rglob("*.flac"))
+    conf = yaml.safe_load((rdir / "exp/asr_tiny_ssm/config.yaml").read_text())
+    assert conf["train_data_path_and_name_and_type"][0][2] == "kaldi_segments"
+    assert sorted(e[2]["factor"] for e in conf["preprocessor_conf"]["data_aug_effects"]) == [0.9, 1.0, 1.1]
+    wer_rows = rows((rdir / "RESULTS.md").read_text(), "CER")
+    assert wer_rows == [f"asr_tiny_ssm / {d} / {s}" for s in ("eval1", "eval1_long_5s") for d in ("decode_dec", "decode_dec_lm")]
+
+
+def test_ljspeech_tts_recipe(tmp_path):
+    from helpers import make_ljspeech
+
+    root = make_ljspeech(tmp_path / "corpus", SHARED / "misc/LJ050-0131.wav")
+    work = tmp_path / "run"
+    p = run_recipe("ljspeech/tts1", work, "--corpus_dir", root, "--ngpu", "0", "--nj", "2", "--num_workers", "0",
+                   "--tts_config", tiny_tts_config(tmp_path / "tiny_tts.yaml", 22050), "--n_long", "1",
+                   "--long_chars", "40", "--maxlenratio", "3", "--min_sec", "0.1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/ljspeech/tts1"
+    assert all(v.startswith(str(root)) for v in read_table(rdir / "dump/raw/train/wav.scp").values())  # no copies
+    report = (rdir / "RESULTS.md").read_text()
+    assert "|tts_tiny_tts|test|1|" in report and "## Long inputs" in report
+    assert zipfile.is_zipfile(rdir / "exp/tts_tiny_tts.zip")
