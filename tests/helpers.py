@@ -274,7 +274,8 @@ def tiny_lm_config(path: Path) -> Path:
 
 
 def tiny_decode_config(path: Path, lm_weight: float = 0.0) -> Path:
-    path.write_text(f"beam_size: 2\nctc_weight: 0.3\nlm_weight: {lm_weight}\nmaxlenratio: 0.0\nminlenratio: 0.0\nnbest: 1\n")
+    # maxlenratio 0.3: an untrained model that never emits <eos> stops at 0.3 x the encoder frames
+    path.write_text(f"beam_size: 2\nctc_weight: 0.3\nlm_weight: {lm_weight}\nmaxlenratio: 0.3\nminlenratio: 0.0\nnbest: 1\n")
     return path
 
 

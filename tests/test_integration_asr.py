@@ -114,3 +114,35 @@ def test_long_form_and_report(asr_recipe_run):
         assert report.count(row) == 2, row  # one WER and one CER row each
     assert (work / "longform_wer.png").stat().st_size > 1000
     assert "# Results: none" in p.stdout  # the report is printed too
+
+
+def test_two_process_training_on_cpu_writes_the_usual_checkpoints(asr_recipe_run, tmp_path):
+    """--launcher torchrun --nproc_per_node 2 on CPU (gloo): ESPnet's distributed training, checkpoints that
+    load as a one-process model's do."""
+    import shutil
+    import socket
+
+    from helpers import tiny_asr_config
+
+    work, _ = asr_recipe_run
+    shutil.copytree(work / "exp/asr_stats_char", work / "exp_ddp/asr_stats_char")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "7", "--stop_stage", "7",
+           "--expdir", "exp_ddp", "--asr_config", str(tiny_asr_config(tmp_path / "tiny.yaml")),
+           "--launcher", "torchrun", "--nproc_per_node", "2", "--master_port", str(port), "--num_workers", "0"]
+    p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    exp = work / "exp_ddp/asr_tiny"
+    log = (exp / "train.log").read_text()
+    assert re.search(r"\[\S+:0/2\]", log) and "epoch results" in log  # rank 0 of 2
+    assert {"valid.acc.ave.pth", "valid.acc.best.pth", "checkpoint.pth", "latest.pth", "1epoch.pth", "2epoch.pth"} <= \
+        {f.name for f in exp.iterdir()}
+    sd = torch.load(exp / "valid.acc.ave.pth", map_location="cpu")
+    assert not any(k.startswith("module.") for k in sd)
+    code = ("import s4speech\nfrom espnet2.tasks.asr import ASRTask\n"
+            "m, a = ASRTask.build_model_from_file('exp_ddp/asr_tiny/config.yaml', 'exp_ddp/asr_tiny/valid.acc.ave.pth')\n"
+            "print('LOADED', type(m.decoder).__name__, a.distributed)\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
+    assert "LOADED SSMDecoder True" in p.stdout, p.stderr[-2000:]

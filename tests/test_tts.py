@@ -231,7 +231,9 @@ def test_recipe_synthesizes_evaluates_and_reports(tts_run):
     res = json.loads((synth / "eval.json").read_text())
     assert res["test"]["n"] == 2 and res["test"]["mcd"]["value"] > 0 and res["test"]["rtf"] > 0
     assert res["test"]["mcd"]["n"] == res["test"]["mcd"]["of"] == 2 and res["test"]["log_f0_rmse"]["of"] == 2
-    assert res["long"]["n"] == 2 and 0 <= res["long"]["rate"] <= 1
+    lg = res["long"]
+    assert lg["n"] == 2 and lg["rate"] == (lg["no_stop"] + lg["early_stop"]) / 2
+    assert lg["no_stop"] == sum(not r["stopped"] for r in recs)
     report = (tts_run / "RESULTS.md").read_text()
     assert "|tts_tts_ssm|test|2|" in report and "## Long inputs" in report
 
