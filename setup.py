@@ -20,6 +20,7 @@ setup(
         "pyyaml",
         "tensorboard",  # ESPnet's trainer imports it (not declared by ESPnet)
     ],
-    extras_require={"dev": ["pytest>=8", "pyopenjtalk-plus"]},  # Japanese speech for the CSJ fixtures
+    # dev: the tests (pyopenjtalk-plus: Japanese speech for the CSJ fixtures; wheel: the packaging test)
+    extras_require={"dev": ["pytest>=8", "pyopenjtalk-plus", "wheel"]},
     entry_points={"console_scripts": ["s4speech=s4speech.cli:main"]},
 )
