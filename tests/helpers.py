@@ -311,3 +311,29 @@ def tiny_tts_config(path: Path, fs: int = 8000) -> Path:
         batch_type="unsorted", batch_size=4, max_epoch=1, best_model_criterion=[["valid", "loss", "min"]],
         keep_nbest_models=1, num_att_plot=0, seed=0)))
     return path
+
+
+# ---- the demo corpus (Debian's asterisk prompts) ---------------------------------------------------------
+def make_asterisk(root: Path, copies: int = 3) -> Path:
+    """A tree laid out as the unpacked asterisk-core-sounds packages: the 7 transcribed mini_an4 recordings
+    (real speech, resampled to the prompts' 8 kHz), each under ``copies`` prompt ids, and the gzipped
+    transcript with ``<prompt id>: <text>`` lines."""
+    import gzip
+
+    import librosa
+
+    from s4speech.corpora import asterisk
+
+    sounds = root / asterisk.SOUNDS_DIR / asterisk.SOUNDS_SUBDIRS[0]
+    lines = ["; fake core sounds made of mini AN4 recordings", ""]
+    for n, (x, text) in enumerate(an4_utterances()):
+        y = librosa.resample(x.astype(np.float32) / 32768, orig_sr=SR, target_sr=asterisk.SAMPLE_RATE)
+        for c in range(copies):
+            prompt = f"an4/u{n}-{c}"
+            (sounds / prompt).parent.mkdir(parents=True, exist_ok=True)
+            sf.write(sounds / f"{prompt}.wav", y, asterisk.SAMPLE_RATE, subtype="PCM_16")
+            lines.append(f"{prompt}: {text.capitalize()}.")
+    (root / asterisk.TRANSCRIPT_DIR).mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / asterisk.TRANSCRIPT_DIR / asterisk.TRANSCRIPT_NAMES[0], "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return root

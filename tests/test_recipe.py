@@ -36,12 +36,15 @@ def test_config_builds_and_runs_through_espnet(cfg):
     with torch.no_grad():
         loss, stats, _ = model(speech, torch.tensor([fs // 2, fs // 3]), torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2]))
     assert torch.isfinite(loss)
-    if conf["decoder"] == "ssm":  # the comparison is fair: the baseline differs only in its decoder
+    if conf["decoder"] == "ssm":  # the comparison is fair: the baseline differs only in its decoder ...
         twin = cfg.with_name(cfg.name.replace("_ssm.yaml", "_transformer.yaml"))
+        # ... except where the published ESPnet recipes differ (LibriSpeech: the S4-decoder recipe trains
+        # 60 epochs with AdamW, its Conformer baseline 50 with Adam): ours follow them (tests/test_configs.py)
+        published = {"max_epoch", "optim", "optim_conf", "exclude_weight_decay"} if cfg.parent.name == "librispeech" else set()
         if twin.exists():
             other = yaml.safe_load(twin.read_text())
-            assert {k: v for k, v in conf.items() if not k.startswith("decoder")} == \
-                   {k: v for k, v in other.items() if not k.startswith("decoder")}
+            assert {k: v for k, v in conf.items() if not k.startswith("decoder") and k not in published} == \
+                   {k: v for k, v in other.items() if not k.startswith("decoder") and k not in published}
 
 
 def test_ssm_parameters_get_their_own_optimizer_group_through_espnet():

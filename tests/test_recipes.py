@@ -136,3 +136,42 @@ def test_ljspeech_tts_recipe(tmp_path):
     report = (rdir / "RESULTS.md").read_text()
     assert "|tts_tiny_tts|test|1|" in report and "## Long inputs" in report
     assert zipfile.is_zipfile(rdir / "exp/tts_tiny_tts.zip")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo ASR recipe (recipes/demo/asr1/run.sh) on an asterisk-layout tree, with a tiny S4-decoder system."""
+    from helpers import make_asterisk
+
+    tmp = tmp_path_factory.mktemp("demo")
+    root = make_asterisk(tmp / "corpus")
+    work = tmp / "run"
+    p = run_recipe("demo/asr1", work, "--corpus_dir", root, "--nj", "2", "--inference_nj", "1", "--num_workers", "0",
+                   "--asr_config", tiny_asr_config(tmp / "asr_ssm.yaml", "ssm", fs=8000),
+                   "--inference_config", tiny_decode_config(tmp / "dec.yaml"), "--min_sec", "0.1")
+    return tmp, work, p
+
+
+def test_demo_asr_recipe(demo):
+    tmp, work, p = demo
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/demo/asr1"
+    # the 8 kHz prompts are read where they lie
+    assert all(v.startswith(str(tmp / "corpus")) for v in read_table(rdir / "dump/raw/train/wav.scp").values())
+    assert rows((rdir / "RESULTS.md").read_text(), "WER") == [
+        "asr_asr_ssm / decode_dec / test", "asr_asr_ssm / decode_dec / test_long"]
+    assert zipfile.is_zipfile(rdir / "exp/asr_asr_ssm.zip")
+
+
+def test_demo_tts_recipe_scored_by_the_demo_asr_model(demo, tmp_path):
+    tmp, work, p = demo
+    assert p.returncode == 0
+    p = run_recipe("demo/tts1", work, "--corpus_dir", tmp / "corpus", "--nj", "2", "--num_workers", "0", "--tts_config",
+                   tiny_tts_config(tmp_path / "tts_ssm.yaml", 8000), "--n_long", "1", "--long_chars", "40",
+                   "--maxlenratio", "3", "--min_sec", "0.1", "--max_eval_utts", "2")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rdir = work / "recipes/demo/tts1"
+    report = (rdir / "RESULTS.md").read_text()
+    assert "|tts_tts_ssm|test|" in report and "|natural recordings|test|" in report  # CER by the demo ASR model
+    assert "beam 4, CTC weight 0.3" in report and "Griffin-Lim (32 iterations)" in report
+    assert zipfile.is_zipfile(rdir / "exp/tts_tts_ssm.zip")

@@ -2,6 +2,8 @@
 
     python -m s4speech.bench [--quick] [--only a,b,c,d] [--threads 2] [--out BENCHMARKS.md] [--readme README.md]
     s4speech bench ...
+    s4speech bench data [--hours H] [--nj N] [--json F] [--out BENCHMARKS.md]   (f: the data stages, see
+        s4speech.bench.data)
 
 (a) beam-search step: ``batch_score`` of 8 hypotheses at prefix lengths 16 ... 2048
 (a2) where our step's time goes: threads, allocator settings, profiler counts
@@ -34,7 +36,7 @@ from pathlib import Path
 from s4speech.bench import kernel, search, step, step_profile, train, tts
 from s4speech.bench.env import copy_bandwidth, load, machine, matmul_rate, setup
 from s4speech.bench.report import ANALYSIS, report
-from s4speech.bench.sections import between, write_between
+from s4speech.bench.sections import between, replace_between, write_between
 from s4speech.bench.summary import SUMMARY_MARKERS, summary
 from s4speech.io.files import atomic_write
 
@@ -67,15 +69,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def write_reports(res: dict, argv, out: Path, readme: Path | None) -> None:
-    """--out from ``res`` (keeping its analysis section), and the summary into --readme."""
+    """--out from ``res`` (keeping its analysis section and the data-stage section of ``bench data``), and
+    the summary into --readme."""
+    from s4speech.bench.data import MARKERS as DATA_MARKERS
+
     old = out.read_text(encoding="utf-8") if out.exists() else ""
-    atomic_write(out, report(res, argv, between(old, *ANALYSIS) or ""))
+    new = report(res, argv, between(old, *ANALYSIS) or "")
+    data_section = between(old, *DATA_MARKERS)
+    atomic_write(out, new if data_section is None else replace_between(new, *DATA_MARKERS, data_section))
     if readme:
         write_between(readme, *SUMMARY_MARKERS, summary(res), missing="error")
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:  # `s4speech bench data ...`: the data-stage benchmark (s4speech.bench.data)
+        from s4speech.bench import data
+
+        return data.main(argv[1:])
     p = parser()
     a = p.parse_args(argv)
     if a.readme and between(a.readme.read_text(encoding="utf-8") if a.readme.exists() else "",

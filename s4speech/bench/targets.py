@@ -134,3 +134,61 @@ def target_lines(res: dict, table: str, targets=None) -> list[str]:
         return []
     title = title.format(blocks=BLOCKS, beam=BEAM, **where)
     return ["", f"Targets ({title}):" if title else "Targets:", ""] + lines
+
+
+# ------------------------------------------------------------------------------ (f) data stages
+# (s4speech.bench.data: its results hold the measured ratio and the extrapolated wall time per corpus)
+class PlainTarget(Target):
+    """A target whose threshold reads as the number itself ({thr}: "0.25", "1"), not as "1/4" or "1×"."""
+
+    def line(self, v: float, extra: dict) -> str:
+        op = {"<=": "≤", ">=": "≥"}[self.cmp]
+        claim = self.claim.format(op=op, thr=f"{self.threshold:g}", **self.at)
+        shown = self.shown.format(v=v, **self.at, **extra)
+        return f"- {claim}: {shown} → {'**met**' if self.met(v) else '**missed**'}"
+
+
+SCOPES["f"] = ({}, "")
+
+TARGETS += [
+    PlainTarget("data_bytes_librispeech", "f", "data_train_bytes_ratio", "<=", 0.25,
+                "LibriSpeech layout: bytes the data stages write for the training set {op} {thr}× its audio "
+                "(before the redesign: 9.0×)", "{v:.4f}× ({written} for {audio})", at={"corpus": "librispeech"}),
+    PlainTarget("data_bytes_csj", "f", "data_train_bytes_ratio", "<=", 0.25,
+                "CSJ layout: bytes the data stages write for the training set {op} {thr}× its audio",
+                "{v:.4f}× ({written} for {audio})", at={"corpus": "csj"}),
+    PlainTarget("data_hours_librispeech", "f", "data_stage_hours", "<=", 1.0,
+                "LibriSpeech 960 h: the data stages {op} {thr} h of wall time on {cores} cores",
+                "{v:.2f} h ({minutes:.0f} min with the one-process stages on one core, imports included; "
+                "{linear:.0f} min with every stage on {cores} cores)", at={"corpus": "librispeech", "cores": 32}),
+]
+
+
+def _data_corpus(res, corpus):
+    return res.get("f", {}).get("corpora", {}).get(corpus)
+
+
+def _bytes(b: float) -> str:
+    return f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.1f} kB"
+
+
+def data_train_bytes_ratio(res, corpus):
+    c = _data_corpus(res, corpus)
+    if not c:
+        return None
+    return c["train_ratio"], {"written": _bytes(c["train_bytes_written"]), "audio": _bytes(c["train_audio_bytes"])}
+
+
+def data_stage_hours(res, corpus, cores):
+    """The extrapolated wall time (h) of the data stages on the full corpus, the one-process stages on one core."""
+    c = _data_corpus(res, corpus)
+    if not c:
+        return None
+    x = c["extrapolation"]
+    if x["cores"] != cores:
+        return math.nan, {"minutes": math.nan, "linear": math.nan}
+    h = x["serial_hours"] + x["fixed_s"] / 3600
+    return h, {"minutes": h * 60, "linear": x["linear_hours"] * 60 + x["fixed_s"] / 60}
+
+
+QUANTITIES.update({f.__name__: f for f in (data_train_bytes_ratio, data_stage_hours)})
