@@ -9,7 +9,18 @@ causal S4 layer knows positions). Inference keeps one recurrent (H, N) state per
 decoder block and computes the cross-attention keys/values once per utterance, so
 every generated frame costs the same at any output length. Generation stops when
 a stop probability reaches ``threshold`` (not before ``minlenratio``) or after
-``maxlenratio`` x (text length + 1) / r steps.
+``maxlenratio`` x (text length + 1) / r steps (a warning naming the text length and
+the limit is logged then).
+
+Inference safeguards (options of ``inference``, see there): ``use_att_constraint``
+limits the cross-attention of the *focus heads* to a window around the text position
+they last attended to (``backward_window`` / ``forward_window``, as ESPnet's Tacotron 2),
+and ``stop_on_attention`` lets the stop token end the output only once those heads
+have reached the end of the text (within ``end_window`` tokens of <eos>). The focus
+heads are the ones the guided attention loss trains to be diagonal (the first
+``num_heads_applied_guided_attn`` heads of the last ``num_layers_applied_guided_attn``
+decoder blocks; all heads of all blocks for a model trained without that loss); the
+focus is the argmax over the text of their average weights.
 
 Loss as ESPnet's Transformer-TTS: L1 and/or L2 on the mel frames before and after
 the postnet, stop-token BCE with a positive weight, plus the guided attention loss
@@ -17,6 +28,7 @@ on the cross-attention weights of the last decoder blocks.
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -36,6 +48,8 @@ from s4speech.nn import StrictLoadMixin
 from s4speech.nn.blocks import DecoderBlock, EncoderBlock
 
 LOSS_TYPES = ("L1", "L2", "L1+L2")
+
+log = logging.getLogger(__name__)
 
 
 class SSMTextEncoder(nn.Module):
@@ -314,6 +328,22 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
         return force_gatherable((loss, stats, B), loss.device)
 
     # ---- inference -----------------------------------------------------------------------
+    def focus_heads(self) -> Tuple[int, int]:
+        """(first block, heads): the focus heads are heads ``[0, heads)`` of the decoder blocks from ``first`` on --
+        those of the guided attention loss (``att_ws[::-1][:n]``, ``w[:, :h]`` in ``forward``), all heads of all
+        blocks when the model has no guided attention loss."""
+        dlayers, aheads = len(self.decoders), self.decoders[0].src_attn.h
+        n = getattr(self, "num_layers_applied_guided_attn", 0) if self.use_guided_attn_loss else 0
+        h = getattr(self, "num_heads_applied_guided_attn", 0) if self.use_guided_attn_loss else 0
+        if n <= 0 or h <= 0:
+            return 0, aheads
+        return dlayers - n, h
+
+    def attention_focus(self, att_w: torch.Tensor) -> torch.Tensor:
+        """att_w: (..., dlayers, aheads, T_text) -> (...,) the text position the focus heads attend to most."""
+        first, h = self.focus_heads()
+        return att_w[..., first:, :h, :].mean((-3, -2)).argmax(-1)
+
     @torch.no_grad()
     def inference(
         self,
@@ -326,13 +356,35 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
         minlenratio: float = 0.0,
         maxlenratio: float = 10.0,
         use_teacher_forcing: bool = False,
+        use_att_constraint: bool = False,
+        backward_window: int = 1,
+        forward_window: int = 3,
+        stop_on_attention: bool = False,
+        end_window: int = 3,
     ) -> Dict[str, torch.Tensor]:
         """text: (T_text,) ids without <eos>.
 
         Returns feat_gen (T_feats, odim) after the postnet, prob (T_feats,) stop probabilities and
         att_w (dlayers, aheads, T_feats / r, T_text + 1) cross-attention weights (ESPnet's layout).
         With ``use_teacher_forcing`` the decoder is fed ``feats`` (T_feats, odim) instead.
+
+        Stopping: after the first step (at or after ``minlenratio`` x (T_text + 1) / r steps) where a stop
+        probability is >= ``threshold`` -- with ``stop_on_attention``, only once the focus (see
+        ``attention_focus``) has been within ``end_window`` tokens of <eos> (position >= T_text - end_window)
+        at some step so far -- or after ``maxlenratio`` x (T_text + 1) / r steps, with a warning.
+
+        ``use_att_constraint``: at each step the focus heads may only attend to positions
+        [focus - backward_window, focus + forward_window] (both ends included) around the focus of the
+        previous step (position 0 before the first); the other heads attend freely. ESPnet's Tacotron 2
+        takes the same options, with the forward end excluded there.
+
+        The defaults here leave both safeguards off (the plain rule above); the inference entry points
+        (``s4speech.tts.inference.Text2Speech``, ``s4speech.bin.tts_inference``, ``s4speech synthesize``)
+        turn ``stop_on_attention`` on.
         """
+        if backward_window < 0 or forward_window < 1 or end_window < 0:
+            raise ValueError(f"need backward_window >= 0, forward_window >= 1, end_window >= 0; got "
+                             f"{backward_window}, {forward_window}, {end_window}")
         if spembs is not None:
             raise ValueError("tts: ssm does not take speaker embeddings (spembs); use sids with spks")
         if text.dim() != 1:
@@ -351,18 +403,33 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
             _, after, logits, att_ws = self._decode(hs, valid, ys)
             return dict(feat_gen=after[0], prob=torch.sigmoid(logits[0]), att_w=torch.stack(att_ws, 1)[0])
 
-        maxlen = max(1, int(x.shape[1] * maxlenratio / r))
-        minlen = int(x.shape[1] * minlenratio / r)
+        T = x.shape[1]
+        maxlen = max(1, int(T * maxlenratio / r))
+        minlen = int(T * minlenratio / r)
         maxlen = max(maxlen, minlen)
         kv = [blk.src_attn.memory(hs) for blk in self.decoders]  # once per utterance
         states = [blk.ssm.default_state(1, device=hs.device, dtype=hs.dtype) for blk in self.decoders]
+        first, h = self.focus_heads()
+        if use_att_constraint:
+            pos = torch.arange(T, device=hs.device)
+            free = (torch.arange(self.decoders[0].src_attn.h, device=hs.device) >= h)[:, None]  # (aheads, 1)
+            focus = torch.zeros((), dtype=torch.long, device=hs.device)
+            focuses = []
+        end = T - 1 - end_window  # the focus has reached the end at a position >= end
+        reached, checked = not stop_on_attention or end <= 0, 0
+        stopped, held = False, 0  # held: steps whose stop probability stop_on_attention overruled
         y = hs.new_zeros(1, self.odim)
         outs, probs, att = [], [], []
         for step in range(1, maxlen + 1):
             z = self.prenet(y)
+            mask = None
+            if use_att_constraint:  # (1, aheads, 1, T), broadcast in the block's masked attention
+                window = (pos >= focus - backward_window) & (pos <= focus + forward_window)
+                mask = (window[None] | free)[None, :, None]
             ws = []
             for i, (blk, (k, v)) in enumerate(zip(self.decoders, kv)):
-                z, states[i], w = blk.step(z, states[i], k, v, None, inplace=True, return_weights=True)  # states: ours alone
+                m = mask if i >= first else None
+                z, states[i], w = blk.step(z, states[i], k, v, m, inplace=True, return_weights=True)  # states: ours alone
                 ws.append(w[0])
             z = self.after_norm(z)
             out = self.feat_out(z).view(r, self.odim)
@@ -370,9 +437,28 @@ class SSMTTS(StrictLoadMixin, AbsTTS):
             outs.append(out)
             probs.append(prob)
             att.append(torch.stack(ws))  # (dlayers, heads, T_text)
+            if use_att_constraint:
+                focus = self.attention_focus(att[-1])  # stays on the device: no synchronization per step
+                if not reached:
+                    focuses.append(focus)
             y = out[-1:]
             if step >= minlen and bool((prob >= threshold).any()):
-                break
+                if not reached:  # the focus of the steps not looked at yet, computed only now
+                    if use_att_constraint:
+                        seen, focuses = torch.stack(focuses), []
+                    else:
+                        seen, checked = self.attention_focus(torch.stack(att[checked:])), step
+                    reached = bool((seen >= end).any())
+                if reached:
+                    stopped = True
+                    break
+                held += 1
+        if not stopped:
+            why = (f"; the stop probability reached {threshold} at {held} step(s) but the attention never came within "
+                   f"{end_window} token(s) of the end of the text (stop_on_attention)") if held else ""
+            log.warning("tts: ssm: no stop for a text of %d tokens (+ <eos>) within the limit of %d decoder steps "
+                        "(%d frames: maxlenratio %g x %d / reduction factor %d); the output is cut there%s",
+                        T - 1, maxlen, maxlen * r, maxlenratio, T, r, why)
         before = torch.cat(outs)  # (steps * r, odim)
         after = before if self.postnet is None else before + self.postnet(before.T[None])[0].T
         return dict(feat_gen=after, prob=torch.cat(probs), att_w=torch.stack(att, dim=2))

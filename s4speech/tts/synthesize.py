@@ -15,6 +15,12 @@ pauses, so every piece stays within the lengths the model was trained on and the
 output length is bounded (``--maxlenratio``); a text over ``--max_chars`` characters,
 an empty one and one with no character the model knows are one-line errors.
 
+Inference safeguards of ``tts: ssm`` (``SSMTTS.inference``): ``--stop_on_attention``
+(on by default: the stop token ends a piece only once the attention has reached the
+end of its text, within ``--end_window`` tokens) and ``--use_att_constraint`` (off by
+default: the attention may only move within ``--backward_window`` / ``--forward_window``
+tokens of where it was; ESPnet's Tacotron 2 takes these three too).
+
 Waveforms come from Griffin-Lim on the generated mel spectrogram (ESPnet's, from the
 model's feature extractor; librosa's mel inversion when the model has none) or from a
 ParallelWaveGAN / HiFi-GAN checkpoint (``--vocoder_file``, ``--vocoder_config``,
@@ -102,8 +108,10 @@ class Synthesizer:
     def __init__(self, model: str | os.PathLike, vocoder_config: str | None = None, vocoder_file: str | None = None,
                  device: str = "cpu", threshold: float = 0.5, minlenratio: float = 0.0, maxlenratio: float = 10.0,
                  griffin_lim_iters: int = 32, chunk_chars: int = 200, max_chars: int = 5000, pause: float = 0.15,
-                 seed: int = 0):
+                 seed: int = 0, use_att_constraint: bool = False, backward_window: int = 1, forward_window: int = 3,
+                 stop_on_attention: bool = True, end_window: int = 3):
         from s4speech.tts.inference import Text2Speech  # registers tts: ssm
+        from s4speech.tts.model import SSMTTS
 
         if chunk_chars < 1 or max_chars < 1:
             raise ValueError("chunk_chars and max_chars must be positive")
@@ -114,7 +122,10 @@ class Synthesizer:
         try:
             self.t2s = Text2Speech(train_config=str(cfg), model_file=str(pth), device=device, threshold=threshold,
                                    minlenratio=minlenratio, maxlenratio=maxlenratio, vocoder_config=vocoder_config,
-                                   vocoder_file=vocoder_file, seed=seed, always_fix_seed=True)
+                                   vocoder_file=vocoder_file, seed=seed, always_fix_seed=True,
+                                   use_att_constraint=use_att_constraint, backward_window=backward_window,
+                                   forward_window=forward_window, stop_on_attention=stop_on_attention,
+                                   end_window=end_window)
         except ImportError as e:
             raise ModelError(f"cannot load the vocoder {vocoder_file}: {e} (pip install parallel_wavegan)") from e
         except (ValueError, RuntimeError, FileNotFoundError, KeyError) as e:
@@ -141,6 +152,8 @@ class Synthesizer:
             self.chars.add(" ")
         self.lowercase = not any(c.isupper() for c in self.chars)
         self.reduction_factor = int(getattr(self.t2s.tts, "reduction_factor", 1))
+        self.ssm = isinstance(self.t2s.tts, SSMTTS)  # warns itself when it hits maxlenratio
+        self.stop_on_attention = self.ssm and bool(self.t2s.decode_conf.get("stop_on_attention"))
         self.token_type = getattr(args, "token_type", "char")
 
     # ---- text ------------------------------------------------------------------------------
@@ -178,8 +191,11 @@ class Synthesizer:
         prob = out.get("prob")
         att = out.get("att_w")
         steps = int(att.shape[-2]) if att is not None and att.dim() == 4 else int(out["feat_gen"].shape[0]) // r
-        piece = Piece(text, n_tok, steps=steps, maxlen=max(1, int((n_tok + 1) * self.maxlenratio / r)),
-                      stopped=bool(prob is not None and (prob[-r:] >= self.threshold).any()))
+        maxlen = max(1, int((n_tok + 1) * self.maxlenratio / r))
+        stopped = bool(prob is not None and (prob[-r:] >= self.threshold).any())
+        if self.stop_on_attention:  # a stop probability >= threshold may have been overruled: tts: ssm ends
+            stopped = steps < maxlen  # before maxlen only on a stop (one exactly at maxlen counts as none)
+        piece = Piece(text, n_tok, steps=steps, maxlen=maxlen, stopped=stopped)
         if "wav" not in out or out["wav"] is None:
             out["wav"] = self._mel_inversion(out.get("feat_gen_denorm", out["feat_gen"]))
         piece.seconds = time.perf_counter() - t0
@@ -218,7 +234,7 @@ class Synthesizer:
             if out.get("prob") is not None:
                 probs.append(out["prob"].float().cpu().numpy())
             info.append(piece)
-            if not piece.stopped:
+            if not piece.stopped and not self.ssm:  # tts: ssm logs it itself, with the text length and the limit
                 log.warning("no stop token within %d steps for %r", piece.maxlen, p[:60])
             if progress is not None:
                 progress.update(1)
@@ -284,6 +300,15 @@ def read_text_file(path: str | os.PathLike) -> list[tuple[str, str]]:
     return items
 
 
+def _bool(v: str) -> bool:
+    t = v.strip().lower()
+    if t in ("true", "yes", "1", "on"):
+        return True
+    if t in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s4speech synthesize", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -300,6 +325,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="stop when a stop probability reaches it")
     p.add_argument("--minlenratio", type=float, default=0.0)
     p.add_argument("--maxlenratio", type=float, default=10.0, help="at most this many frames per input token")
+    g = p.add_argument_group("attention safeguards (tts: ssm; the first three also ESPnet's Tacotron 2)")
+    g.add_argument("--use_att_constraint", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="the guided attention heads may only attend within a window around where they attended "
+                        "at the previous step")
+    g.add_argument("--backward_window", type=int, default=1, help="window: tokens behind the last attended one")
+    g.add_argument("--forward_window", type=int, default=3, help="window: tokens ahead of the last attended one")
+    g.add_argument("--stop_on_attention", type=_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="tts: ssm: the stop token ends the output only once the attention has reached the end of "
+                        "the text (else at --maxlenratio); 'false' to stop on the stop token alone")
+    g.add_argument("--end_window", type=int, default=3,
+                   help="tts: ssm: the attention has reached the end within this many tokens of <eos>")
     p.add_argument("--chunk_chars", type=int, default=200, help="longer texts are split into pieces of this size")
     p.add_argument("--max_chars", type=int, default=5000, help="longer texts are refused")
     p.add_argument("--device", default="cpu")
@@ -340,7 +376,10 @@ def main(argv=None) -> int:
         syn = Synthesizer(args.model, vocoder_config=args.vocoder_config, vocoder_file=args.vocoder_file,
                           device=args.device, threshold=args.threshold, minlenratio=args.minlenratio,
                           maxlenratio=args.maxlenratio, griffin_lim_iters=args.griffin_lim_iters,
-                          chunk_chars=args.chunk_chars, max_chars=args.max_chars, seed=args.seed)
+                          chunk_chars=args.chunk_chars, max_chars=args.max_chars, seed=args.seed,
+                          use_att_constraint=args.use_att_constraint, backward_window=args.backward_window,
+                          forward_window=args.forward_window, stop_on_attention=args.stop_on_attention,
+                          end_window=args.end_window)
     except (ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
