@@ -21,7 +21,6 @@ Usage, from the repository root::
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import logging
@@ -35,6 +34,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import soundfile as sf
 
+from s4speech.corpora.cli import corpus_main
 from s4speech.io.audio import write_audio
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
@@ -383,21 +383,9 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path, seed: int = 0,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m s4speech.corpora.asterisk --corpus_dir DIR --data_dir DIR [--seed N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--corpus_dir", required=True, help="where to find or fetch the corpus packages")
-    parser.add_argument("--data_dir", required=True, help="where to write the Kaldi data dirs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/dev/test split")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        counts = prepare(args.corpus_dir, args.data_dir, seed=args.seed)
-    except (RuntimeError, ValueError) as e:
-        logger.error("%s", e)
-        return 1
-    print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0
-
+    return corpus_main(argv, __doc__.split("\n\n")[0], prepare,
+                       options=[(("--seed",), dict(type=int, default=0, help="seed of the train/dev/test split"))],
+                       kwargs=lambda a: {"seed": a.seed})
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -93,7 +93,6 @@ Usage, from the repository root::
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import re
@@ -103,6 +102,7 @@ from typing import Sequence
 
 import soundfile as sf
 
+from s4speech.corpora.cli import corpus_main
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
 from s4speech.corpora.longform import by_speaker, concat_long_form
@@ -451,32 +451,17 @@ def long_form(data_dir_in: str | Path, data_dir_out: str | Path,
                             audio_format=audio_format)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus_dir", type=Path, help="CSJ root (with MORPH/SDB and WAV)")
-    p.add_argument("--data_dir", type=Path, required=True, help="output: Kaldi data dirs go below it")
-    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
-    p.add_argument("--form", choices=("orth", "kana"), default="orth",
-                   help="transcript from the orthographic (column 5) or katakana (column 10) form")
-    p.add_argument("--max_gap", type=float, default=0.5, help="merge IPUs separated by at most this (s)")
-    p.add_argument("--max_duration", type=float, default=20.0, help="longest merged utterance (s)")
-    p.add_argument("--word_sep", default="", help="between words in text (default: none)")
-    p.add_argument("--encoding", default="auto", help="SDB encoding (default: auto-detect)")
-    p.add_argument("--long_form", type=Path, metavar="DATA_DIR_IN",
-                   help="instead: make long-form sets from this Kaldi dir into DATA_DIR_<d>s")
-    p.add_argument("--durations", nargs="+", type=float, default=[30, 60, 120, 300])
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.long_form is not None:
-        counts = long_form(args.long_form, args.data_dir, args.durations, text_sep=args.word_sep)
-    else:
-        if args.corpus_dir is None:
-            p.error("--corpus_dir is required")
-        counts = prepare(args.corpus_dir, args.data_dir, args.sets, args.form, args.max_gap,
-                         args.max_duration, args.word_sep, args.encoding)
-    for name, n in counts.items():
-        print(f"{name}\t{n}")
-
+def main(argv: Sequence[str] | None = None) -> int:
+    return corpus_main(
+        argv, __doc__, prepare, sets=SETS, long_form=long_form,
+        options=[(("--form",), dict(choices=("orth", "kana"), default="orth",
+                                    help="transcript from the orthographic (column 5) or katakana (column 10) form")),
+                 (("--max_gap",), dict(type=float, default=0.5, help="merge IPUs separated by at most this (s)")),
+                 (("--max_duration",), dict(type=float, default=20.0, help="longest merged utterance (s)")),
+                 (("--word_sep",), dict(default="", help="between words in text (default: none)")),
+                 (("--encoding",), dict(default="auto", help="SDB encoding (default: auto-detect)"))],
+        kwargs=lambda a: dict(form=a.form, max_gap=a.max_gap, max_duration=a.max_duration, word_sep=a.word_sep,
+                              encoding=a.encoding))
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

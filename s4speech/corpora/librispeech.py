@@ -34,7 +34,6 @@ Usage, from the repository root::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from pathlib import Path
@@ -43,6 +42,7 @@ from typing import Iterable, Sequence
 import soundfile as sf
 
 from s4speech.corpora.longform import by_speaker, concat_long_form
+from s4speech.corpora.cli import corpus_main
 from s4speech.io.download import extract, fetch, md5sum
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
@@ -251,34 +251,15 @@ def long_form(data_dir_in: str | Path, data_dir_out: str | Path,
                             audio_format=audio_format)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus_dir", type=Path, help="directory holding (or to receive) LibriSpeech/")
-    p.add_argument("--data_dir", type=Path, required=True, help="output: Kaldi data dirs go below it")
-    p.add_argument("--sets", nargs="+", default=["train_960", "dev", "test_clean", "test_other"],
-                   choices=sorted(PARTS))
-    p.add_argument("--download", action="store_true", help="download the parts the sets need first")
-    p.add_argument("--no_check_audio", action="store_true", help="do not open each FLAC to check it")
-    p.add_argument("--long_form", type=Path, metavar="DATA_DIR_IN",
-                   help="instead: make long-form sets from this Kaldi dir into DATA_DIR_<d>s")
-    p.add_argument("--durations", nargs="+", type=float, default=[30, 60, 120, 300])
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.long_form is not None:
-        counts = long_form(args.long_form, args.data_dir, args.durations)
-    else:
-        if args.corpus_dir is None:
-            p.error("--corpus_dir is required")
-        if args.download:
-            parts = dict.fromkeys(part for s in args.sets for part in PARTS[s])
-            download(args.corpus_dir, parts)
-        counts = prepare(args.corpus_dir, args.data_dir, args.sets, check_audio=not args.no_check_audio)
-    for name, n in counts.items():
-        print(f"{name}\t{n}")
-
+def main(argv: Sequence[str] | None = None) -> int:
+    return corpus_main(argv, __doc__, prepare, sets=tuple(PARTS), default_sets=("train_960", "dev", "test_clean", "test_other"),
+                       long_form=long_form,
+                       options=[(("--no_download",), dict(action="store_true", help="do not download missing parts")),
+                                (("--no_check_audio",), dict(action="store_true", help="do not open each FLAC to check it"))],
+                       kwargs=lambda a: {"check_audio": not a.no_check_audio, "download_missing": not a.no_download})
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
 
 
 LM_TEXT_URL = "https://www.openslr.org/resources/11/librispeech-lm-norm.txt.gz"

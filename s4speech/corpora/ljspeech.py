@@ -20,7 +20,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Sequence
 
 import soundfile as sf
 
+from s4speech.corpora.cli import corpus_main
 from s4speech.io import download
 from s4speech.io.kaldi import Utterance, write_kaldi_dir
 
@@ -125,19 +125,7 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path, sets: Sequence[str] = 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--corpus_dir", required=True, help="holds (or will hold) LJSpeech-1.1/")
-    p.add_argument("--data_dir", required=True)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        counts = prepare(args.corpus_dir, args.data_dir)
-    except (RuntimeError, ValueError) as e:
-        logger.error("%s", e)
-        return 1
-    print(" ".join(f"{k}={v}" for k, v in counts.items()))
-    return 0
-
+    return corpus_main(argv, __doc__.split("\n\n")[0], prepare, sets=SETS)
 
 if __name__ == "__main__":
     raise SystemExit(main())
