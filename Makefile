@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.s4speech-installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean gpu-check
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	bash recipes/demo/asr1/run.sh
 	bash recipes/demo/tts1/run.sh
+
+gpu-check: $(STAMP)
+	@$(VPY) -m s4speech.bench.gpu --out gpu-check.md --json gpu-check.json
 
 clean:
 	rm -rf $(VENV) exp dump data

@@ -17,6 +17,7 @@ import soundfile as sf
 from conftest import SHARED
 
 import s4speech.transcribe as T
+from s4speech.transcribe.segmentation import _cut
 from s4speech.io.audio import AudioError, AudioReader, read
 from s4speech.cli import main as cli_main
 
@@ -121,7 +122,7 @@ def test_memory_of_a_pass_does_not_grow_with_length(tmp_path):
         r = AudioReader(path, 16000)  # resampled on the way
         segs, _ = T.find_segments(r)
         spans = [(int(s * 16000), int(e * 16000)) for s, e in segs]
-        n = sum(len(w) for _, w in T._cut(r.blocks(), spans))
+        n = sum(len(w) for _, w in _cut(r.blocks(), spans))
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert len(segs) > minutes * 10 and n > 0.5 * minutes * 60 * 16000  # mostly speech
@@ -353,6 +354,43 @@ def test_packed_model_zip_and_cli_exit_codes(asr_recipe_run, models, tmp_path, m
     assert e.value.code == 2
 
 
+def test_a_file_given_twice_is_transcribed_and_reported_once(ssm, tmp_path, monkeypatch):
+    """The same file under several spellings (relative, ./, absolute, a symlink) and a missing file given
+    twice: one Transcript each, in order of first mention, with or without out_dir."""
+    import s4speech.transcribe.api as api
+
+    monkeypatch.chdir(tmp_path)
+    x, rate = read(AN4[1])
+    sf.write(tmp_path / "a.wav", x, rate, subtype="PCM_16")
+    (tmp_path / "link.wav").symlink_to(tmp_path / "a.wav")
+    calls = []
+    real = api.transcribe_one
+    monkeypatch.setattr(api, "transcribe_one", lambda m, path, *a, **k: calls.append(path) or real(m, path, *a, **k))
+    paths = ["a.wav", "./a.wav", str(tmp_path / "a.wav"), "link.wav", "gone.wav", "./gone.wav"]
+    for out_dir in (None, tmp_path / "out"):
+        calls.clear()
+        res = T.transcribe(ssm, paths, out_dir=out_dir, beam_size=1, word_times=False)
+        assert [r.path for r in res] == ["a.wav", "gone.wav"], out_dir
+        assert res[0].ok and not res[1].ok and "no such file" in res[1].error
+        assert calls == ["a.wav", "gone.wav"], out_dir
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
+
+
+def test_options_dataclass_matches_the_keywords():
+    """TranscribeOptions carries transcribe's keywords with the same defaults, and checks them."""
+    import dataclasses
+    import inspect
+
+    sig = inspect.signature(T.transcribe).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(T.TranscribeOptions)}
+    assert fields == {k: p.default for k, p in sig.items() if p.kind is p.KEYWORD_ONLY}
+    assert T.TranscribeOptions(formats="srt,all").formats == ["srt", "txt", "vtt", "json"]
+    assert T.TranscribeOptions(segment=False).segmentation == "none"
+    for bad in ({"formats": "doc"}, {"vad": "webrtc"}, {"batch_size": 0}, {"max_segment": 1.0}, {"min_silence": 0}):
+        with pytest.raises(ValueError):
+            T.TranscribeOptions(**bad)
+
+
 def test_import_stays_cheap_and_the_module_is_callable():
     code = ("import sys, s4speech; t = s4speech.transcribe; import s4speech.transcribe as m; "
             "assert t is m and callable(t) and m.main and 'espnet2.tasks.asr' not in sys.modules; "
@@ -370,10 +408,12 @@ def test_audio_error_is_one_line_naming_the_file(tmp_path):
 
 
 def test_benchmark_table_replaces_only_its_readme_section():
-    from s4speech.bench_transcribe import BEGIN, END, replace_section
+    from s4speech.bench.sections import replace_between
+    from s4speech.bench.transcribe import BEGIN, END
 
     readme = f"# Title\n\nintro\n\n{BEGIN}\n| old | table |\n{END}\n\n## Next\ntext\n"
-    new = replace_section(readme, "| new | table |")
+    new = replace_between(readme, BEGIN, END, "| new | table |")
     assert new == f"# Title\n\nintro\n\n{BEGIN}\n| new | table |\n{END}\n\n## Next\ntext\n"
-    assert replace_section(new, "| new | table |") == new  # re-running is idempotent
-    assert replace_section("no markers here\n", "| t |") == "| t |\n"
+    assert replace_between(new, BEGIN, END, "| new | table |") == new  # re-running is idempotent
+    # a file without the markers keeps its text and gets the marked section appended
+    assert replace_between("no markers here\n", BEGIN, END, "| t |") == f"no markers here\n\n{BEGIN}\n| t |\n{END}\n"

@@ -29,7 +29,7 @@ target length ``d``, named ``f"{data_dir_out}_{d}s"`` (e.g.
 
 Usage, from the repository root::
 
-    python -m s4speech.corpora.librispeech --corpus_dir downloads --data_dir data [--download]
+    python -m s4speech.corpora.librispeech --corpus_dir downloads --data_dir data [--no_download]
     python -m s4speech.corpora.librispeech --long_form data/test_clean --data_dir data/test_clean_long
 """
 from __future__ import annotations
@@ -189,7 +189,7 @@ def prepare_part(corpus_dir: str | Path, part: str, check_audio: bool = True) ->
     """Utterances of one LibriSpeech part (e.g. ``"dev-clean"``), sorted by id."""
     root = _librispeech_root(corpus_dir) / part
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: LibriSpeech part not found (run with --download?)")
+        raise FileNotFoundError(f"{root}: LibriSpeech part not found (and not downloaded)")
     utts: list[Utterance] = []
     for chapter_dir in sorted(p for p in root.glob("*/*") if p.is_dir()):
         reader, chapter = chapter_dir.parent.name, chapter_dir.name
