@@ -181,8 +181,9 @@ def main(argv=None) -> int:
     import s4speech.transcribe as T
 
     work = Path(args.work_dir)
-    model_rates = {m: T._rate((yaml.safe_load(T.model_files(m)[0].read_text()).get("frontend_conf") or {}).get("fs"))
-                   for m in args.model}
+    from s4speech.io.expdir import ESPNET_DEFAULT_FS, config_rate, load_config, model_files
+
+    model_rates = {m: config_rate(load_config(model_files(m)[0])) or ESPNET_DEFAULT_FS for m in args.model}
     sources = speech_sources(args)
     load_before = _load5()
     rows = []

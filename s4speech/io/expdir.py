@@ -18,6 +18,7 @@ MODEL_FILES = {
     "lm": ("valid.loss.ave.pth", "valid.loss.best.pth", "latest.pth"),
 }
 RATE_KEYS = {"asr": "frontend_conf", "tts": "feats_extract_conf"}
+ESPNET_DEFAULT_FS = 16000  # the rate of ESPnet's default ASR frontend when a config states none
 
 
 class ModelError(RuntimeError):

@@ -20,14 +20,13 @@ from pathlib import Path
 
 from s4speech import corpora
 from s4speech.io.audio import AUDIO_FORMATS
-from s4speech.io.expdir import config_rate, load_config
+from s4speech.io.expdir import ESPNET_DEFAULT_FS, config_rate, load_config
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import KaldiDir, Utterance, read_table, write_kaldi_dir
 from s4speech.pipeline.runner import StageError, done, mark_done
 from s4speech.pipeline.train import Launch
 
 log = logging.getLogger("s4speech.recipe")
-ESPNET_DEFAULT_FS = 16000  # the rate of ESPnet's default ASR frontend when a config states none
 KEPT_FORMATS = ("WAV", "FLAC")  # read by ESPnet's sound loader as they are
 
 

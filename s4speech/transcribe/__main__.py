@@ -1,0 +1,5 @@
+import sys
+
+from s4speech.transcribe.cli import main
+
+sys.exit(main())
