@@ -377,7 +377,7 @@ def check_decode_step(device="cuda", d: int = 256, T: int = 200, prefixes=None, 
             rows.append(row)
             print("  decode d={} T={} L={}: {}".format(d, T, L, ", ".join(
                 f"{k} " + (f"{row[k]['best'] * 1e3:.2f} ms" if "best" in row[k] else "error") for k in kinds)), flush=True)
-    res = {"status": "ok", "d": d, "T": T, "beam": BEAM, "blocks": BLOCKS, "N": N_STATE, "vocab": V,
+    res = {"status": "ok", "device": dv.type, "d": d, "T": T, "beam": BEAM, "blocks": BLOCKS, "N": N_STATE, "vocab": V,
            "reps": reps, "warmup": warmup, "rows": rows, "partial": partial}
     if failed:
         res["why"] = "; ".join(f"{NAMES.get(k, k)}: {w}" for k, w in failed.items())
@@ -490,7 +490,7 @@ def check_train_step(cfg, device="cuda", amp: str = "bf16", utt: Utterance | Non
     output frames (TTS) and seconds of speech, per second."""
     torch = _torch()
     cfg = Path(cfg)
-    cfg = cfg if cfg.is_absolute() else ROOT / cfg
+    cfg = cfg if cfg.is_absolute() or cfg.exists() else ROOT / cfg  # else relative to the repository
     dv = _dev(device)
     import yaml
 
@@ -720,8 +720,8 @@ def _decode_md(rs: list[dict]) -> list[str]:
     out = [f"`batch_score` of {r0['beam']} hypotheses, one new token each (ours: random states of the L - 1 token "
            f"prefix, rows permuted as after a beam re-ordering; ESPnet's transformer: the cache of the prefix), "
            f"d {r0['d']}, {r0['blocks']} blocks, N {r0['N']}, vocabulary {r0['vocab']}, float32, no grad; "
-           f"best / median ms of {r0['reps']} calls after {r0['warmup']} warm-up calls, "
-           "`torch.cuda.synchronize()` before and after each.", "",
+           f"best / median ms of {r0['reps']} calls after {r0['warmup']} warm-up calls"
+           + (", `torch.cuda.synchronize()` before and after each." if r0.get("device") == "cuda" else "."), "",
            "| enc T | L | " + " | ".join(f"{NAMES.get(k, k)} ms" for k in kinds) + " | "
            + " | ".join(f"{NAMES.get(k, k)} / ours" for k in kinds if k != "ssm") + " |",
            "|---:|---:|" + "---:|" * (2 * len(kinds) - ("ssm" in kinds))]
@@ -842,7 +842,10 @@ def _start(threads: int):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    if a.only and not set(a.only.split(",")) <= set(KINDS):
+        p.error(f"--only: unknown kind(s) {sorted(set(a.only.split(',')) - set(KINDS))} (known: {', '.join(KINDS)})")
     torch = _start(a.threads)
     dv = _dev(a.device)
     if dv.type == "cuda" and not torch.cuda.is_available():
