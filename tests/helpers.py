@@ -243,14 +243,14 @@ def make_ljspeech(root: Path, clip: Path) -> Path:
 
 
 # ---- tiny configs and running a recipe's own run.sh --------------------------------------------------
-def tiny_asr_config(path: Path, decoder: str = "ssm", fs: int = 16000) -> Path:
+def tiny_asr_config(path: Path, decoder: str = "ssm", fs: int = 16000, n_mels: int = 20) -> Path:
     """A Conformer encoder (1 block) with the given decoder, small enough to train in seconds."""
     import yaml
 
     dec = {"ssm": dict(num_blocks=1, attention_heads=2, linear_units=32, dropout_rate=0.0, d_state=8, kernel="s4"),
            "transformer": dict(num_blocks=1, attention_heads=2, linear_units=32, dropout_rate=0.0)}[decoder]
     conf = dict(
-        frontend="default", frontend_conf=dict(fs=fs, n_fft=512 if fs > 8000 else 256, hop_length=160 if fs > 8000 else 80, n_mels=20),
+        frontend="default", frontend_conf=dict(fs=fs, n_fft=512 if fs > 8000 else 256, hop_length=160 if fs > 8000 else 80, n_mels=n_mels),
         specaug=None, encoder="conformer",
         encoder_conf=dict(output_size=32, attention_heads=2, linear_units=32, num_blocks=1, input_layer="conv2d",
                           dropout_rate=0.0, cnn_module_kernel=3, macaron_style=True, use_cnn_module=True,

@@ -32,8 +32,6 @@ S4_DEC = "librispeech/train_asr_s4_decoder.yaml"
 NO_DROP_PATH = "decoder: ssm has no drop_path (stochastic depth): the published 0.1 cannot be set"
 WANDB = "logging only (wandb), left out"
 PLOTS = "num_att_plot: 0, attention plots only"
-CSJ_INIT = ("init: null, not xavier_uniform, in both CSJ systems: ESPnet's xavier_uniform overwrites the S4 "
-            "decoder's HiPPO A, P, B (decoder: ssm has no espnet_initialization_fn)")
 
 # ours -> (published, {key that differs: why}); decoder_conf of decoder: ssm is checked on its own below
 ASR = {
@@ -51,9 +49,9 @@ ASR = {
     "librispeech_100/asr_conformer_ssm.yaml": (
         "librispeech_100/train_asr_conformer_lr2e-3_warmup15k_amp_nondeterministic.yaml", {
             "decoder": "S4 decoder in place of the Transformer decoder", "decoder_conf": "S4 decoder"}),
-    "csj/asr_conformer_transformer.yaml": ("csj/train_asr_conformer.yaml", {"init": CSJ_INIT}),
+    "csj/asr_conformer_transformer.yaml": ("csj/train_asr_conformer.yaml", {}),
     "csj/asr_conformer_ssm.yaml": ("csj/train_asr_conformer.yaml", {
-        "init": CSJ_INIT, "decoder": "S4 decoder in place of the Transformer decoder", "decoder_conf": "S4 decoder"}),
+        "decoder": "S4 decoder in place of the Transformer decoder", "decoder_conf": "S4 decoder"}),
 }
 LM = {"librispeech/lm_transformer.yaml": "librispeech/train_lm_transformer2.yaml",
       "csj/lm_rnn.yaml": "csj/train_lm.yaml"}
@@ -172,20 +170,20 @@ def test_decode_config_follows_the_published_one(ours):
     assert {k: a.get(k, p.get_default(k)) for k in keys} == {k: b.get(k, p.get_default(k)) for k in keys}
 
 
-@pytest.mark.xfail(strict=True, reason="decoder: ssm has no espnet_initialization_fn: ESPnet's init: "
-                   "xavier_uniform overwrites its SSM initialisation. When this passes, set init: xavier_uniform "
-                   "(published) in both conf/csj/asr_conformer_*.yaml and drop CSJ_INIT above")
 def test_espnet_xavier_init_keeps_the_ssm_initialisation():
+    """ESPnet's init: xavier_uniform rewrites every matrix; the S4 kernels put their HiPPO A, P, B back
+    (espnet_initialization_fn), so the published CSJ configs' init can be kept."""
     from espnet2.torch_utils.initialize import initialize
     from s4speech.asr.decoder import SSMDecoder
 
-    torch.manual_seed(0)
-    dec = SSMDecoder(20, 32, attention_heads=4, linear_units=64, num_blocks=1, n_ssm=1)
-    kernel = dec.decoders[0].ssm.kernel
-    keep = ("log_L_real", "L_imag", "P", "B")
-    before = {n: getattr(kernel, n).detach().clone() for n in keep}
-    initialize(dec, "xavier_uniform")
-    assert all(torch.equal(before[n], getattr(kernel, n)) for n in keep)
+    for kind, keep in (("s4", ("log_L_real", "L_imag", "P", "B")), ("s4d", ("log_A_real", "A_imag", "B"))):
+        torch.manual_seed(0)
+        dec = SSMDecoder(20, 32, attention_heads=4, linear_units=64, num_blocks=1, kernel=kind)
+        kernel = dec.decoders[0].ssm.kernel
+        before = {n: getattr(kernel, n).detach().clone() for n in keep + ("C",)}
+        initialize(dec, "xavier_uniform")
+        assert all(torch.equal(before[n], getattr(kernel, n)) for n in keep), kind
+        assert not torch.equal(before["C"], kernel.C)  # ESPnet's initialisation did run
 
 
 # ---- a model trained with ESPnet's published recipe imports ----------------------------------------------

@@ -124,13 +124,13 @@ def test_two_process_training_on_cpu_writes_the_usual_checkpoints(asr_recipe_run
 
     from helpers import tiny_asr_config
 
-    work, _ = asr_recipe_run
+    work, _ = asr_recipe_run  # its dumps (8 kHz) and feature statistics (40 mel bins, the demo configs')
     shutil.copytree(work / "exp/asr_stats_char", work / "exp_ddp/asr_stats_char")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "s4speech.recipe", "--corpus", "none", "--stage", "7", "--stop_stage", "7",
-           "--expdir", "exp_ddp", "--asr_config", str(tiny_asr_config(tmp_path / "tiny.yaml")),
+           "--expdir", "exp_ddp", "--asr_config", str(tiny_asr_config(tmp_path / "tiny.yaml", fs=8000, n_mels=40)),
            "--launcher", "torchrun", "--nproc_per_node", "2", "--master_port", str(port), "--num_workers", "0"]
     p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -417,3 +417,16 @@ def test_benchmark_table_replaces_only_its_readme_section():
     assert replace_between(new, BEGIN, END, "| new | table |") == new  # re-running is idempotent
     # a file without the markers keeps its text and gets the marked section appended
     assert replace_between("no markers here\n", BEGIN, END, "| t |") == f"no markers here\n\n{BEGIN}\n| t |\n{END}\n"
+
+
+def test_int8_transcription_of_the_ssm_model(models, tmp_path):
+    """--quantize: the Linear layers of encoder and decoder become int8 dynamic-quantized ones, and the S4
+    decoder's step runs with them (it used to fail on quantized Linear layers)."""
+    m = T.Model.load(models["ssm"], beam_size=2, quantize=True)
+    kinds = {type(mod).__name__ for mod in m.asr.decoder.modules()}
+    assert "Linear" in kinds and all(type(mod).__module__.startswith("torch.ao.nn.quantized")
+                                     for mod in m.asr.decoder.modules() if type(mod).__name__ == "Linear")
+    (res,) = T.transcribe(m, [str(JFK)], progress=False)
+    assert res.error is None and res.segments
+    rc = T.main(["--model", str(models["ssm"]), str(JFK), "--quantize", "--quiet", "--out_dir", str(tmp_path)])
+    assert rc == 0 and (tmp_path / "jfk.txt").exists()

@@ -124,6 +124,18 @@ class _StepCached(nn.Module):
         """Recompute the step parameters at the next step (after an edit through ``p.data``)."""
         self._step.clear()
 
+    def _keep_init(self, *names: str) -> None:
+        """Remember the state-space initialization of these parameters (for ``espnet_initialization_fn``)."""
+        self._ssm_init = {n: getattr(self, n).detach().clone() for n in names}
+
+    def espnet_initialization_fn(self):
+        """Called by ESPnet's ``initialize`` after its ``init:`` (e.g. xavier_uniform, which rewrites every
+        matrix): the state-space parameters (A, P, B) get their HiPPO / S4D initialization back."""
+        with torch.no_grad():
+            for name, value in self._ssm_init.items():
+                getattr(self, name).copy_(value)
+        self.refresh_step()
+
     def train(self, mode: bool = True):
         self.refresh_step()
         return super().train(mode)
@@ -152,6 +164,7 @@ class S4DKernel(_StepCached):
         _register(self, "A_imag", imag.repeat(H, 1), lr)
         _register(self, "B", torch.view_as_real(torch.ones(H, N // 2, dtype=torch.cfloat)).clone(), lr)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat)))
+        self._keep_init("log_A_real", "A_imag", "B")
 
     def _discrete(self):
         """dtA, dB*C-free pieces: (H, N/2) complex each."""
@@ -276,6 +289,7 @@ class S4Kernel(_StepCached):
         _register(self, "P", rep(P), lr)
         _register(self, "B", rep(B), lr)
         self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N // 2, dtype=torch.cfloat)))
+        self._keep_init("log_L_real", "L_imag", "P", "B")
 
     def _params(self, dtype=torch.float):
         """dt (H,), Lambda, P, B, C (H, N/2) complex; A, P, B shared by channels h = h' mod n_ssm."""

@@ -48,6 +48,7 @@ class TranscribeOptions:
     resume: bool = False
     progress: bool | None = None
     threads: int | None = None
+    quantize: bool = False  # int8 dynamic quantization of the Linear layers (CPU)
 
     def __post_init__(self):
         self.formats = parse_formats(self.formats)
@@ -66,7 +67,7 @@ def transcribe(model, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                formats: str | Sequence[str] = ("txt",), device: str = "cpu", batch_size: int = 8,
                beam_size: int = 4, ctc_weight: float = 0.3, max_segment: float = 20.0, segment: bool = True,
                vad: str = "energy", min_silence: float = 0.3, word_times: bool = True, resume: bool = False,
-               progress: bool | None = None, threads: int | None = None) -> list[Transcript]:
+               progress: bool | None = None, threads: int | None = None, quantize: bool = False) -> list[Transcript]:
     """Transcribe recordings; returns one Transcript per distinct file, in order (a file given twice, under
     any spelling, is transcribed and reported once).
 
@@ -77,12 +78,13 @@ def transcribe(model, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     segment=False: each recording is one utterance. vad: "energy" (default) or "ctc".
     resume: skip recordings whose outputs all exist already.
     threads: torch CPU threads for this call (None: as set). On a busy machine 1 is often much faster.
+    quantize: int8 dynamic quantization of the Linear layers (CPU; as ESPnet's quantize_asr_model).
     A recording that fails has ``error`` set (one line naming the file and the cause); the others go on.
     Raises ModelError if the model cannot be loaded and ValueError for bad options."""
     opts = TranscribeOptions(out_dir=out_dir, formats=formats, device=device, batch_size=batch_size,
                              beam_size=beam_size, ctc_weight=ctc_weight, max_segment=max_segment, segment=segment,
                              vad=vad, min_silence=min_silence, word_times=word_times, resume=resume,
-                             progress=progress, threads=threads)
+                             progress=progress, threads=threads, quantize=quantize)
     return run(model, [paths] if isinstance(paths, (str, os.PathLike)) else paths, opts)
 
 
@@ -131,7 +133,8 @@ def plan(paths: Sequence[str | os.PathLike],
 
 
 def _transcribe_all(model, paths: Sequence[str | os.PathLike], opts: TranscribeOptions) -> list[Transcript]:
-    m = Model.load(model, device=opts.device, beam_size=opts.beam_size, ctc_weight=opts.ctc_weight)
+    m = Model.load(model, device=opts.device, beam_size=opts.beam_size, ctc_weight=opts.ctc_weight,
+                   quantize=opts.quantize)
     results, todo = plan(paths, opts)
     durations = []
     for tr, _ in todo:

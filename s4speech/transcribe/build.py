@@ -169,7 +169,7 @@ def build_model(args: argparse.Namespace):
 
 
 def load(config: str | Path, model_file: str | Path, *, device: str = "cpu", beam_size: int = 4,
-         ctc_weight: float = 0.3) -> "Recognizer | None":
+         ctc_weight: float = 0.3, quantize: bool = False) -> "Recognizer | None":
     """What ``Speech2Text(asr_train_config=config, asr_model_file=model_file, device=device,
     beam_size=beam_size, ctc_weight=ctc_weight, lm_weight=0.0, nbest=1, batch_size=1)`` builds,
     or None for a config that ``unsupported`` names."""
@@ -201,6 +201,8 @@ def load(config: str | Path, model_file: str | Path, *, device: str = "cpu", bea
     from espnet.nets.scorers.length_bonus import LengthBonus
 
     model.to(dtype=torch.float32).eval()
+    if quantize:  # Speech2Text(quantize_asr_model=True): int8 dynamic quantization of the Linear layers
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     token_list = model.token_list
     scorers = dict(decoder=model.decoder, ctc=CTCPrefixScorer(ctc=model.ctc, eos=model.eos),
                    length_bonus=LengthBonus(len(token_list)), ngram=None)

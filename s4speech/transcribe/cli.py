@@ -34,6 +34,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_word_times", action="store_true", help="skip the CTC alignment for word times")
     p.add_argument("--resume", action="store_true", help="skip recordings whose outputs exist")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of the Linear layers (CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or info messages")
     return p
 
@@ -73,7 +74,8 @@ def _main(args) -> int:
                              batch_size=args.batch_size, beam_size=args.beam_size, ctc_weight=args.ctc_weight,
                              max_segment=args.max_segment, segment=not args.no_segment, vad=args.vad,
                              min_silence=args.min_silence, word_times=not args.no_word_times,
-                             resume=args.resume, progress=False if args.quiet else None, threads=args.threads)
+                             resume=args.resume, progress=False if args.quiet else None, threads=args.threads,
+                             quantize=args.quantize)
     except (ModelError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

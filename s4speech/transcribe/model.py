@@ -58,9 +58,10 @@ class Model:
 
     @classmethod
     def load(cls, model: str | os.PathLike, *, device: str = "cpu", beam_size: int = 4,
-             ctc_weight: float = 0.3) -> "Model":
+             ctc_weight: float = 0.3, quantize: bool = False) -> "Model":
         """An experiment dir, a ``.pth`` with ``config.yaml`` beside it or a packed ``.zip`` -> Model.
-        A Model is returned as it is, a Speech2Text wrapped (its own device and decoding options)."""
+        A Model is returned as it is, a Speech2Text wrapped (its own device and decoding options).
+        ``quantize``: int8 dynamic quantization of the Linear layers (CPU), as ESPnet's quantize_asr_model."""
         if isinstance(model, Model):
             return model
         if model.__class__.__name__ == "Speech2Text":
@@ -73,11 +74,12 @@ class Model:
                 raise ModelError("--device cuda: no CUDA device is available")
         try:
             cfg = loadable_config(cfg)
-            s2t = _build(cfg, pth, device=device, beam_size=beam_size, ctc_weight=ctc_weight)
+            s2t = _build(cfg, pth, device=device, beam_size=beam_size, ctc_weight=ctc_weight, quantize=quantize)
             if s2t is None:
                 s2t = _speech2text_class()(asr_train_config=str(cfg), asr_model_file=str(pth), device=device,
                                            beam_size=beam_size, ctc_weight=ctc_weight, lm_weight=0.0, nbest=1,
-                                           batch_size=1, maxlenratio=0.0, minlenratio=0.0)
+                                           batch_size=1, maxlenratio=0.0, minlenratio=0.0,
+                                           quantize_asr_model=quantize)
         except Exception as e:  # noqa: BLE001 - one line naming the model and the cause
             raise ModelError(f"model {model}: cannot load ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:300]})") from None
