@@ -178,23 +178,10 @@ def stage_train(r: ASRRecipe) -> None:
                 MODEL_FILES["lm"])
         lm_perplexity(r)
         mark_done(r.lm_dir)
-    st = r.stats_dir.resolve()
-    for cfg in r.asr_configs:
-        out = r.system(cfg)
-        if done(out):
-            log.info("train: %s already trained", out)
-            continue
-        T.train("asr", cfg, out, r.launch,
-                ["--normalize", "global_mvn", "--normalize_conf", f"stats_file={st}/train/feats_stats.npz",
-                 "--train_shape_file", st / "train" / "speech_shape",
-                 "--train_shape_file", st / "train" / f"text_shape.{r.token_type}",
-                 "--valid_shape_file", st / "valid" / "speech_shape",
-                 "--valid_shape_file", st / "valid" / f"text_shape.{r.token_type}",
-                 *data_args(r, "train", r.train_set), *data_args(r, "valid", r.valid_set),
-                 *token_args(r), "--use_preprocessor", "true",
-                 *speed_perturb_conf(r.speed_perturb_factors, r.sample_rate()), *r.train_args],
-                MODEL_FILES["asr"])
-        mark_done(out)
+    T.train_systems(r, "asr", [
+        *T.stats_args(r.stats_dir, ("speech_shape", f"text_shape.{r.token_type}")),
+        *data_args(r, "train", r.train_set), *data_args(r, "valid", r.valid_set), *token_args(r),
+        "--use_preprocessor", "true", *speed_perturb_conf(r.speed_perturb_factors, r.sample_rate()), *r.train_args])
 
 
 def lm_perplexity(r: ASRRecipe) -> float:

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from s4speech.io.expdir import MODEL_FILES
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import read_table
-from s4speech.pipeline.runner import StageError, run
+from s4speech.pipeline.runner import StageError, done, log, mark_done, run
 
 LAUNCHERS = ("none", "torchrun", "slurm")
 ENTRY = {"asr": "s4speech.bin.asr_train", "tts": "s4speech.bin.tts_train", "lm": "espnet2.bin.lm_train"}
@@ -81,6 +82,28 @@ def train(task: str, config: str, out: Path, launch: Launch, args: list, model_n
         raise StageError(f"training {out.name} ended without any of {', '.join(model_names)}; see {out / 'train.log'}")
     prev = float((out / "train_seconds").read_text()) if (out / "train_seconds").exists() else 0.0
     atomic_write(out / "train_seconds", f"{prev + time.time() - t0:.1f}\n")
+
+
+def stats_args(stats_dir: Path, shapes: tuple[str, ...]) -> list:
+    """Global mean-variance normalization from ``stats_dir`` and its shape files, in ``shapes`` order
+    (ESPnet sorts the batches by the first one)."""
+    st = Path(stats_dir).resolve()
+    args = ["--normalize", "global_mvn", "--normalize_conf", f"stats_file={st}/train/feats_stats.npz"]
+    for split in ("train", "valid"):
+        for name in shapes:
+            args += [f"--{split}_shape_file", st / split / name]
+    return args
+
+
+def train_systems(r, task: str, args: list) -> None:
+    """Train every config of the recipe ``r`` that is not trained yet (``exp/<task>_<config stem>``)."""
+    for cfg in r.configs():
+        out = r.system(cfg)
+        if done(out):
+            log.info("train: %s already trained", out)
+            continue
+        train(task, cfg, out, r.launch, args, MODEL_FILES[task])
+        mark_done(out)
 
 
 def pack(task: str, files: dict[str, Path], options: list[Path], out: Path, log_file: Path) -> Path:

@@ -100,21 +100,9 @@ def stage_stats(r: TTSRecipe) -> None:
 
 
 def stage_train(r: TTSRecipe) -> None:
-    st = r.stats_dir.resolve()
-    for cfg in r.tts_configs:
-        out = r.system(cfg)
-        if done(out):
-            log.info("train: %s already trained", out)
-            continue
-        T.train("tts", cfg, out, r.launch,
-                ["--normalize", "global_mvn", "--normalize_conf", f"stats_file={st}/train/feats_stats.npz",
-                 "--train_shape_file", st / "train" / "text_shape.char",
-                 "--train_shape_file", st / "train" / "speech_shape",
-                 "--valid_shape_file", st / "valid" / "text_shape.char",
-                 "--valid_shape_file", st / "valid" / "speech_shape",
-                 *data_args(r, "train", r.train_set), *data_args(r, "valid", r.valid_set), *token_args(r),
-                 *r.train_args], MODEL_FILES["tts"])
-        mark_done(out)
+    T.train_systems(r, "tts", [
+        *T.stats_args(r.stats_dir, ("text_shape.char", "speech_shape")),
+        *data_args(r, "train", r.train_set), *data_args(r, "valid", r.valid_set), *token_args(r), *r.train_args])
 
 
 # ---- synthesis and evaluation --------------------------------------------------------------------------
