@@ -337,3 +337,16 @@ def make_asterisk(root: Path, copies: int = 3) -> Path:
     with gzip.open(root / asterisk.TRANSCRIPT_DIR / asterisk.TRANSCRIPT_NAMES[0], "wt", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     return root
+
+
+def corpus_cli(corpus: str, root: Path, data_dir: Path, *sets: str) -> list[str]:
+    """``python -m s4speech.corpora.<corpus> --corpus_dir root --data_dir data_dir --sets ...``: its output
+    words (``<set> <utterances>`` pairs); the command must succeed."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", f"s4speech.corpora.{corpus}", "--corpus_dir", str(root),
+                        "--data_dir", str(data_dir), "--sets", *sets], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()

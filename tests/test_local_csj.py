@@ -18,7 +18,7 @@ from s4speech.corpora import csj
 from s4speech.corpora.csj import normalize_words
 from s4speech.io.kaldi import read_table
 
-from helpers import DEV_LECTURE, IPU, SR, build_lecture, make_csj
+from helpers import DEV_LECTURE, IPU, SR, build_lecture, corpus_cli, make_csj
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -258,11 +258,7 @@ def test_long_form_by_lecture(corpus, prepared, tmp_path):
 
 def test_cli(corpus, tmp_path):
     root, _, _ = corpus
-    r = subprocess.run([sys.executable, "-m", "s4speech.corpora.csj", "--corpus_dir", str(root),
-                        "--data_dir", str(tmp_path / "data"), "--sets", "eval1", "dev"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["eval1", "4", "dev", "1"]
+    assert corpus_cli("csj", root, tmp_path / "data", "eval1", "dev") == ["eval1", "4", "dev", "1"]
     check_kaldi_dir(tmp_path / "data" / "eval1")
 
 

@@ -16,7 +16,7 @@ import soundfile as sf
 from s4speech.corpora import librispeech as ls
 from s4speech.io.kaldi import read_table
 
-from helpers import LAYOUT, an4_utterances, make_librispeech, write_chapter
+from helpers import LAYOUT, an4_utterances, corpus_cli, make_librispeech, write_chapter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -225,11 +225,7 @@ def test_download_skips_existing_and_verifies_archive(corpus, tmp_path):
 
 def test_cli(corpus, tmp_path):
     root, _ = corpus
-    r = subprocess.run([sys.executable, "-m", "s4speech.corpora.librispeech", "--corpus_dir", str(root),
-                        "--data_dir", str(tmp_path / "data"), "--sets", "dev", "test_clean"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["dev", "7", "test_clean", "7"]
+    assert corpus_cli("librispeech", root, tmp_path / "data", "dev", "test_clean") == ["dev", "7", "test_clean", "7"]
     check_kaldi_dir(tmp_path / "data" / "dev")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from s4speech import corpora
-from s4speech.io.expdir import MODEL_FILES, ModelError, model_file
+from s4speech.io.expdir import MODEL_FILES, model_file
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import read_table
 from s4speech.pipeline import train as T
@@ -91,10 +91,7 @@ class ASRRecipe(DataRecipe):
             if not p.exists():
                 raise StageError(f"--inference_asr_model {self.inference_asr_model}: no {p}")
             return p
-        try:
-            return model_file(sysdir, "asr")
-        except ModelError as e:
-            raise StageError(str(e)) from None
+        return self.trained(sysdir)
 
 
 def data_args(r: ASRRecipe, split: str, s: str) -> list:

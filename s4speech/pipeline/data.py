@@ -20,7 +20,7 @@ from pathlib import Path
 
 from s4speech import corpora
 from s4speech.io.audio import AUDIO_FORMATS
-from s4speech.io.expdir import ESPNET_DEFAULT_FS, config_rate, load_config
+from s4speech.io.expdir import ESPNET_DEFAULT_FS, ModelError, config_rate, load_config, model_file
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import KaldiDir, Utterance, read_table, write_kaldi_dir
 from s4speech.pipeline.runner import StageError, done, mark_done
@@ -94,6 +94,13 @@ class DataRecipe:
             log.info("sample rate: %d Hz (no config states frontend_conf.fs: ESPnet's default)", ESPNET_DEFAULT_FS)
             return ESPNET_DEFAULT_FS
         raise StageError("no --fs and no feats_extract_conf.fs in the configs: state the sample rate")
+
+    def trained(self, sysdir: Path) -> Path:
+        """The trained model of a system (the first of ``MODEL_FILES[task]`` there is)."""
+        try:
+            return model_file(sysdir, self.task)
+        except ModelError as e:
+            raise StageError(str(e)) from None
 
     def speech_spec(self, d: Path) -> str:
         """ESPnet's ``--*_data_path_and_name_and_type`` for the speech of a dumped set."""

@@ -66,7 +66,7 @@ def write_tts_report(r) -> Path:
         res = json.loads((sysdir / "synth" / "eval.json").read_text())
         fpc, natural = res["frames_per_char"], res.get("natural_asr") or natural
         secs = (sysdir / "train_seconds").read_text().strip() if (sysdir / "train_seconds").exists() else "not recorded"
-        n = count_params(sysdir, r.model(sysdir))
+        n = count_params(sysdir, r.trained(sysdir))
         epochs = load_config(sysdir / "config.yaml").get("max_epoch")
         for s in r.test_sets:
             e = res[s]

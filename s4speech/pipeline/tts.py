@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s4speech.io.expdir import MODEL_FILES, ModelError, load_config, model_file
+from s4speech.io.expdir import MODEL_FILES, load_config
 from s4speech.io.files import atomic_write
 from s4speech.io.kaldi import KaldiDir, read_table
 from s4speech.pipeline import train as T
@@ -61,12 +61,6 @@ class TTSRecipe(DataRecipe):
 
     def synth_dir(self, cfg: str, s: str) -> Path:
         return self.system(cfg) / "synth" / s
-
-    def model(self, sysdir: Path) -> Path:
-        try:
-            return model_file(sysdir, "tts")
-        except ModelError as e:
-            raise StageError(str(e)) from None
 
 
 def data_args(r: TTSRecipe, split: str, s: str) -> list:
@@ -265,7 +259,7 @@ def stage_report(r: TTSRecipe) -> None:
 def stage_pack(r: TTSRecipe) -> None:
     for cfg in r.tts_configs:
         sysdir = r.system(cfg)
-        T.pack("tts", {"train_config": sysdir / "config.yaml", "model_file": r.model(sysdir)},
+        T.pack("tts", {"train_config": sysdir / "config.yaml", "model_file": r.trained(sysdir)},
                [r.stats_dir / "train" / "feats_stats.npz"], sysdir.with_suffix(".zip"), sysdir / "pack.log")
 
 
