@@ -12,7 +12,9 @@ several utterances are scored by one ``batch_score`` call as well.
 """
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+import logging
+import os
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -22,6 +24,10 @@ from espnet.nets.scorer_interface import BatchScorerInterface
 
 from s4speech.nn import MemoryRows, StrictLoadMixin, rows_linear
 from s4speech.nn.blocks import DecoderBlock
+
+log = logging.getLogger(__name__)
+
+COMPILE_ENV = "S4SPEECH_COMPILE_STEP"  # set (not "0"): every SSMDecoder built compiles its step (see compile_step)
 
 
 class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
@@ -44,6 +50,10 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         ff_activation: activation of the feed-forward module (gelu, relu, swish, tanh, ...).
         normalize_before: pre-LayerNorm blocks and a final LayerNorm (default); ``false``:
             post-LayerNorm blocks (x = LayerNorm(x + f(x))) and no final LayerNorm.
+        compile_step: beam-search scoring (``batch_score``) through one ``torch.compile``'d step (see
+            ``compile_step``); no effect on training or on the parameters. Also turned on for every
+            decoder built in a process by the environment variable ``S4SPEECH_COMPILE_STEP=1`` (e.g. for
+            ``espnet2.bin.asr_inference``, whose decode config cannot reach decoder options).
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         n_ssm: int | None = None,
         ff_activation: str = "gelu",
         normalize_before: bool = True,
+        compile_step: bool = False,
     ):
         super().__init__()
         d = d_model or encoder_output_size
@@ -80,6 +91,23 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         )
         self.after_norm = nn.LayerNorm(d) if normalize_before else nn.Identity()
         self.output_layer = nn.Linear(d, vocab_size)
+        self._compiled: Optional[_CompiledStep] = None
+        if compile_step or os.environ.get(COMPILE_ENV, "0") not in ("", "0"):
+            self.compile_step()
+
+    def compile_step(self, enabled: bool = True) -> "SSMDecoder":
+        """Score beam-search steps through ``torch.compile`` (inductor; a C++ compiler on CPU); returns self.
+
+        The step of ``batch_score`` -- hypotheses of one utterance, one new token each, in eval mode
+        without autograd -- runs as one compiled function of (tokens, states, keys/values) -> (log-probs,
+        new states): the per-op dispatch of the eager step goes, its pointwise work and the gathering of
+        the beam rows are fused. Compiled on first use (about a minute on a busy 2-core CPU, ~20 s
+        once inductor's on-disk cache has it), for any number of hypotheses and encoder length (dynamic
+        shapes). Same scores as the eager step within float rounding. Anything else (training mode,
+        autograd, several utterances per call, quantized layers, another kernel class, or a compile
+        that fails: logged once) runs the eager step. ``enabled=False``: back to the eager step."""
+        self._compiled = _CompiledStep() if enabled else None
+        return self
 
     # ---- training ---------------------------------------------------------------------
     def forward(self, hs_pad, hlens, ys_in_pad, ys_in_lens) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +121,8 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         return self.output_layer(self.after_norm(x)), ys_in_lens
 
     # ---- scoring (ESPnet beam search) -------------------------------------------------
-    # A hypothesis' state: {"ssm": list over blocks of (m, H, N) tensors, "row": its row in them,
+    # A hypothesis' state: {"ssm": list over blocks of (m, H, N) tensors (the compiled step's: (m, H, 2, N/2),
+    # see _planar; either step reads either layout), "row": its row in them,
     # "kv": a _Memory (the cross-attention keys/values of one or more utterances), "utt": its
     # utterance in it, "pos": tokens consumed}. The hypotheses returned by one batch_score share the
     # same per-block tensors and memory (no per-hypothesis copies); the next batch_score gathers the
@@ -116,11 +145,14 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
 
     @staticmethod
     def _gather(states: List[dict], block: int) -> torch.Tensor:
+        """The rows' states of one block, (n, H, N) contiguous and their own (written in place)."""
         base = states[0]["ssm"]
         if all(s["ssm"] is base for s in states):
             idx = torch.tensor([s["row"] for s in states], device=base[block].device)
-            return base[block].index_select(0, idx)
-        return torch.cat([s["ssm"][block][s["row"] : s["row"] + 1] for s in states])
+            g = base[block].index_select(0, idx)
+        else:
+            g = torch.cat([_interleaved(s["ssm"][block][s["row"] : s["row"] + 1]) for s in states])
+        return _interleaved(g)
 
     @staticmethod
     def _memory(states: List[dict]) -> Tuple["_Memory", List[int]]:
@@ -174,6 +206,19 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             raise ValueError(f"state has consumed {pos} tokens but the prefix has only {ys.shape[1]}")
         n = ys.shape[0]
         mem, utt = self._memory(states)
+        L = ys.shape[1]
+        out = None
+        if self._compiled is not None and mem.count == 1 and pos == L - 1:
+            out = self._compiled(self, ys[:, -1], states, mem.kv)
+        if out is not None:
+            logp, h, ssm = out
+        else:
+            logp, h, ssm = self._eager_step(ys, pos, states, mem, utt)
+        new_states = [{"ssm": ssm, "row": i, "kv": mem, "utt": utt[i], "pos": L} for i in range(n)]
+        return ((logp, h) if return_hs else logp), new_states
+
+    def _eager_step(self, ys, pos, states, mem, utt):
+        """Tokens pos .. L-1 of the prefixes, op by op -> log-probs (n, V), h (n, d), per-block states."""
         # one memory: k, v (1, heads, T, dk) shared by all rows; several: row i attends to memory utt[i]
         rows = None if mem.count == 1 else MemoryRows.of(utt, mem.count, mem.mask, device=ys.device)
         ssm = [self._gather(states, b) for b in range(self.num_blocks)]  # (n, H, N) per block
@@ -184,10 +229,7 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
                 x, ssm[b] = blk.step(x, ssm[b], k, v, None, inplace=True, rows=rows)
         h = self.after_norm(x)
         logits = self.output_layer(h) if self.training else rows_linear(self.output_layer, h)
-        logp = torch.log_softmax(logits, dim=-1)
-        L = ys.shape[1]
-        new_states = [{"ssm": ssm, "row": i, "kv": mem, "utt": utt[i], "pos": L} for i in range(n)]
-        return ((logp, h) if return_hs else logp), new_states
+        return torch.log_softmax(logits, dim=-1), h, ssm
 
 
 class _Memory:
@@ -209,3 +251,141 @@ class _Memory:
         self.kv = [tuple(torch.cat([pad(p[b][i]) for p in parts]) for i in (0, 1)) for b in range(len(parts[0]))]
         lens = torch.tensor(T, device=dev)
         self.mask = None if min(T) == Tm else (torch.arange(Tm, device=dev) < lens[:, None])[:, None, None]
+
+
+# ---- the compiled step ---------------------------------------------------------------------------------
+# The compiled step keeps each block's recurrent state "planar", (n, H, 2, N/2): real parts, then imaginary
+# parts of the N/2 complex state entries (the eager step's is (n, H, N), interleaved (re, im) pairs, whose
+# stride-2 access inductor does not vectorize). Either layout is accepted by either step.
+def _interleaved(s: torch.Tensor) -> torch.Tensor:
+    """A block's states (n, H, N) interleaved: planar ones converted (a fresh contiguous copy)."""
+    return s if s.dim() == 3 else s.transpose(-1, -2).reshape(s.shape[0], s.shape[1], -1)
+
+
+def _planar(s: torch.Tensor) -> torch.Tensor:
+    """A block's states (n, H, 2, N/2) planar: interleaved ones converted (a fresh contiguous copy)."""
+    return s if s.dim() == 4 else s.view(s.shape[0], s.shape[1], -1, 2).transpose(-1, -2).contiguous()
+
+
+def _planar_params(kernel: nn.Module) -> Optional[tuple]:
+    """The kernel's recurrence x' = a x - f Re(q . x) + g u, y = c . x' (the form of its own ``step``, from
+    its cached step parameters) on planar states: (a_re, a_im (H, N/2), f, q, g, c (H, 2, N/2)); f, q None
+    for a diagonal kernel. None for a kernel class whose step is not one of these."""
+    from s4speech.ssm.kernels import S4DKernel, S4Kernel
+
+    if type(kernel) is S4Kernel:  # a (complex), f, q, g, c: (H, N) interleaved (re, im) pairs
+        a, f, q, g, c = kernel._step.get(kernel, kernel._step_params)
+        pl = lambda t: t.view(t.shape[0], -1, 2).transpose(1, 2).contiguous()
+        return a.real.contiguous(), a.imag.contiguous(), pl(f), pl(q), pl(g), pl(c)
+    if type(kernel) is S4DKernel:  # x' = dA x + dB u, y = 2 Re(C . x')
+        dA, dB, C = kernel._step.get(kernel, kernel._step_params)
+        g = torch.stack([dB.real, dB.imag], 1).float()
+        c = torch.stack([2 * C.real, -2 * C.imag], 1).float()
+        return dA.real.float().contiguous(), dA.imag.float().contiguous(), None, None, g, c
+    return None
+
+
+def _planar_ssm_step(layer: nn.Module, p: tuple, u: torch.Tensor, s: torch.Tensor):
+    """``SSMLayer.step`` (eval mode) on a planar state: u (n, H), s (n, H, 2, N/2) -> y (n, H), new state."""
+    a_re, a_im, f, q, g, c = p
+    sr, si = s[:, :, 0], s[:, :, 1]
+    x = torch.stack([a_re * sr - a_im * si, a_re * si + a_im * sr], 2) + g * u[..., None, None]
+    if f is not None:
+        x = x - f * (s * q).sum((-1, -2))[..., None, None]
+    y = (x * c).sum((-1, -2)) + u * layer.D
+    return F.glu(rows_linear(layer.output_linear, F.gelu(y)), dim=-1), x
+
+
+def _step_function(dec: "SSMDecoder", tok, idx, bases, kv, params):
+    """What is compiled: tok (n,) tokens, idx (n,) each row's row in bases (per block (m, H, 2, N/2)), kv per
+    block (1, heads, T, dk) -> log-probs (n, V), h (n, d), per block new states (n, H, 2, N/2)."""
+    x = dec.embed(tok)
+    new = []
+    for blk, base, (k, v), p in zip(dec.decoders, bases, kv, params):
+        step = lambda u, s, _layer=blk.ssm, _p=p: _planar_ssm_step(_layer, _p, u, s)
+        x, s = blk.step(x, base[idx], k, v, None, ssm_step=step)
+        new.append(s)
+    h = dec.after_norm(x)
+    return torch.log_softmax(rows_linear(dec.output_layer, h), dim=-1), h, new
+
+
+class _CompiledStep:
+    """``SSMDecoder.compile_step``'s state: the compiled function (made on first use, not copied or pickled
+    with the decoder) and the kernels' planar step parameters (re-derived when a kernel's step cache
+    changes)."""
+
+    def __init__(self):
+        self.fn = None
+        self.off: Optional[str] = None  # why the eager step is used for good
+        self._src: list = []
+        self._params: list = []
+
+    def __getstate__(self):
+        return {"off": self.off}
+
+    def __setstate__(self, state):
+        self.__init__()
+        self.off = state.get("off")
+
+    def __deepcopy__(self, memo):
+        new = _CompiledStep()
+        new.off = self.off
+        return new
+
+    def _supported(self, dec: "SSMDecoder") -> Optional[str]:
+        """Why this decoder's step cannot be compiled, or None."""
+        for m in dec.modules():
+            if isinstance(m, nn.Linear) and type(m) is not nn.Linear:
+                return f"a {type(m).__name__} layer"
+            if "quantized" in type(m).__module__:
+                return f"a {type(m).__name__} layer"
+        for blk in dec.decoders:
+            if _planar_params(blk.ssm.kernel) is None:
+                return f"kernel {type(blk.ssm.kernel).__name__}"
+        return None
+
+    def params(self, dec: "SSMDecoder") -> list:
+        src = [blk.ssm.kernel._step.get(blk.ssm.kernel, blk.ssm.kernel._step_params) for blk in dec.decoders]
+        if len(src) != len(self._src) or any(a is not b for a, b in zip(src, self._src)):
+            self._params = [_planar_params(blk.ssm.kernel) for blk in dec.decoders]
+            self._src = src
+        return self._params
+
+    def __call__(self, dec: "SSMDecoder", tok: torch.Tensor, states: List[dict], kv) -> Optional[tuple]:
+        """(log-probs (n, V), h (n, d), per-block planar states (n, H, 2, N/2)), or None: use the eager step."""
+        if self.off is not None or dec.training or torch.is_grad_enabled() or kv[0][0].shape[2] < 2:
+            return None
+        if self.fn is None:
+            self.off = self._supported(dec)
+            if self.off is not None:
+                log.warning("SSMDecoder: eager step (%s; the compiled step covers s4/s4d kernels and plain "
+                            "Linear layers)", self.off)
+                return None
+            self.fn = torch.compile(_step_function, dynamic=None, fullgraph=True)
+        n, base = len(states), states[0]["ssm"]
+        if all(s["ssm"] is base for s in states):
+            idx = torch.tensor([s["row"] for s in states], device=tok.device)
+            bases = [_planar(b) for b in base]
+        else:  # rows of several calls' states: gathered here
+            idx = torch.arange(n, device=tok.device)
+            bases = [torch.cat([_planar(s["ssm"][b][s["row"] : s["row"] + 1]) for s in states])
+                     for b in range(dec.num_blocks)]
+        # sizes 1 are specialised by the compiler: one row (the first step), one base row (the second) padded
+        if n == 1:
+            tok, idx = tok.repeat(2), idx.repeat(2)
+        if bases[0].shape[0] == 1:
+            bases = [b.repeat(2, 1, 1, 1) for b in bases]
+        for t in (tok, idx, *bases):
+            torch._dynamo.mark_dynamic(t, 0)
+        for k, v in kv:
+            torch._dynamo.mark_dynamic(k, 2)
+            torch._dynamo.mark_dynamic(v, 2)
+        try:
+            logp, h, new = self.fn(dec, tok, idx, bases, kv, self.params(dec))
+        except Exception as e:  # no C++ compiler, an unsupported op, ...: the eager step from now on
+            self.off = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            log.warning("SSMDecoder: compiling the step failed, using the eager step (%s)", self.off)
+            return None
+        if n == 1:
+            logp, h, new = logp[:1], h[:1], [s[:1] for s in new]
+        return logp, h, new

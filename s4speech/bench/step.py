@@ -71,3 +71,81 @@ def measure(res: dict, opts, save) -> None:
     for d, T in SIZES[:1] if opts.quick else SIZES:
         res["a"] += bench_step(d, T, PREFIXES, reps=5 if opts.quick else 7)
     save(res)
+
+
+# ---- ``python -m s4speech.bench.step``: the decoding-speed options side by side, in one process ----------
+def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps: int = 60) -> dict:
+    """Our batch_score eager and compiled (``SSMDecoder.compile_step``) and ESPnet's s4 step on the same
+    inputs, calls interleaved: median / best ms each, the first compiled call's seconds (the compile)."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    from s4speech.bench import models
+
+    models.V, saved = vocab, models.V
+    try:
+        torch.manual_seed(0)
+        eager = build("ssm", d).eval()
+        comp = copy.deepcopy(eager).compile_step()
+        s4 = build("s4", d).eval()
+    finally:
+        models.V = saved
+    espnet_s4_setup_step(s4)
+    x = torch.randn(T, d)
+    xs = x.expand(BEAM, T, d)
+    perm = torch.randperm(BEAM).tolist()
+    ys = torch.randint(0, vocab - 1, (BEAM, L))
+    ys[:, 0] = vocab - 1
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fns = {"eager": ssm_step_call(eager, x, ys, perm)}
+        torch.manual_seed(1)
+        fns["compiled"] = ssm_step_call(comp, x, ys, perm)
+        t = time.perf_counter()
+        diff = (fns["compiled"]()[0] - fns["eager"]()[0]).abs().max().item()
+        compile_s = time.perf_counter() - t
+        proto = s4.init_state(x)
+        states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
+        fns["espnet s4"] = lambda: s4.batch_score(ys, states, xs)
+        for f in fns.values():
+            f()
+        ts = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                ts[k].append(time.perf_counter() - t)
+    return {"compile_s": compile_s, "max_abs_diff": diff,
+            **{k: {"median": statistics.median(v) * 1e3, "best": min(v) * 1e3} for k, v in ts.items()}}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from s4speech.bench import env
+
+    p = argparse.ArgumentParser(prog="python -m s4speech.bench.step",
+                                description="Eager vs compiled decoder step vs ESPnet's s4 step (beam 8).")
+    p.add_argument("--d", type=int, default=256)
+    p.add_argument("--T", type=int, default=200, help="encoder frames")
+    p.add_argument("--vocab", type=int, default=500)
+    p.add_argument("--reps", type=int, default=60)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    torch = env.setup(a.threads)
+    load0 = env.load()
+    r = compare_step(a.d, a.T, vocab=a.vocab, reps=a.reps)
+    print(f"d {a.d}, enc T {a.T}, vocab {a.vocab}, beam {BEAM}, {torch.get_num_threads()} threads; "
+          f"load {load0} -> {env.load()}; first compiled call {r['compile_s']:.1f} s; "
+          f"max |compiled - eager| {r['max_abs_diff']:.1e}")
+    for k in ("eager", "compiled", "espnet s4"):
+        print(f"  {k:10s} median {r[k]['median']:6.2f} ms   best {r[k]['best']:6.2f} ms")
+    floor = flops_ssm_step(BEAM, a.d, a.T, vocab=a.vocab) / (env.matmul_rate() * 1e9) * 1e3
+    print(f"  FLOP floor {floor:.2f} ms (flops_ssm_step / this process' 2048^3 matmul rate)")
+
+
+if __name__ == "__main__":
+    main()

@@ -55,16 +55,19 @@ class DecoderBlock(nn.Module):
         a = self.src_attn(x[:, None], k, v, mask, return_weights=return_weights)
         return (a[0][:, 0], a[1][:, :, 0]) if return_weights else a[:, 0]
 
-    def step(self, x, state, k, v, mask, inplace=False, return_weights=False, rows: MemoryRows | None = None):
+    def step(self, x, state, k, v, mask, inplace=False, return_weights=False, rows: MemoryRows | None = None,
+             ssm_step=None):
         """One position. x: (B, d), state: (B, H, N); k, v: (B or 1, heads, T, dk), or with ``rows``
         (U, heads, T, dk), U memories that the rows share (row i attends to ``rows.memory[i]``; then mask
         is None) -> x, new state [, weights (B, heads, T)]. ``inplace``: the new state overwrites ``state``
-        where no autograd graph is built (see ``SSMLayer.step``)."""
+        where no autograd graph is built (see ``SSMLayer.step``). ``ssm_step``: a function (h, state) ->
+        (y, new state) run in the place of ``self.ssm.step`` (the decoder's compiled step keeps the
+        recurrent state in a layout of its own)."""
         new_state, w = None, None
 
         def ssm(h):
             nonlocal new_state
-            y, new_state = self.ssm.step(h, state, inplace)
+            y, new_state = self.ssm.step(h, state, inplace) if ssm_step is None else ssm_step(h, state)
             return y
 
         def attend(h):
