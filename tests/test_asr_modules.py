@@ -241,3 +241,33 @@ def test_joint_ctc_and_lm_fusion_beam_searches_agree(trained_decoder):
         results.append([(h.yseq.tolist(), round(float(h.score), 3)) for h in hyps[:3]])
     assert results[0] == results[1]
     assert len(results[0]) >= 2
+
+
+def test_drop_path_drops_whole_branches_in_training_only():
+    """drop_path (stochastic depth, as ESPnet's decoder: s4): in training a branch's output is dropped for
+    whole sequences (and the survivors scaled); in eval mode the decoder is the one without it."""
+    import torch
+
+    from s4speech.asr.decoder import SSMDecoder
+
+    torch.manual_seed(0)
+    dec = SSMDecoder(20, 16, attention_heads=2, linear_units=32, num_blocks=2, dropout_rate=0.0, drop_path=0.5)
+    plain = SSMDecoder(20, 16, attention_heads=2, linear_units=32, num_blocks=2, dropout_rate=0.0)
+    plain.load_state_dict(dec.state_dict())
+    x, xl = torch.randn(3, 7, 16), torch.tensor([7, 7, 7])
+    ys, yl = torch.randint(0, 20, (3, 5)), torch.tensor([5, 5, 5])
+    dec.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(dec(x, xl, ys, yl)[0], plain(x, xl, ys, yl)[0])
+    dec.train(), plain.train()
+    blk = dec.decoders[0]
+    h = torch.ones(8, 5, 16)
+    torch.manual_seed(1)
+    out = blk._drop_path(h)
+    rows = {round(float(v), 6) for v in out[:, 0, 0]}
+    assert rows == {0.0, 2.0} and all(torch.equal(out[i], out[i, :1, :1].expand_as(out[i])) for i in range(8))
+    with torch.no_grad():
+        torch.manual_seed(2)
+        a = dec(x, xl, ys, yl)[0]
+        b = plain(x, xl, ys, yl)[0]
+    assert not torch.allclose(a, b)

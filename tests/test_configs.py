@@ -29,7 +29,6 @@ PUBLISHED = ROOT / "tests/data/espnet"
 CONF = ROOT / "conf"
 
 S4_DEC = "librispeech/train_asr_s4_decoder.yaml"
-NO_DROP_PATH = "decoder: ssm has no drop_path (stochastic depth): the published 0.1 cannot be set"
 WANDB = "logging only (wandb), left out"
 PLOTS = "num_att_plot: 0, attention plots only"
 
@@ -121,16 +120,12 @@ def test_asr_config_follows_the_published_recipe(ours):
 
 def test_s4_decoder_conf_is_what_the_importer_maps_the_published_one_to():
     """decoder_conf of conf/librispeech/*_ssm.yaml = ESPnet's published decoder: s4 mapped to decoder: ssm.
-    The one published option without a counterpart is drop_path (0.1): decoder: ssm has no stochastic depth."""
+    drop_path (0.1, stochastic depth) included."""
     pub = published(S4_DEC)
     want = mapped_s4_decoder(pub["decoder_conf"], pub["encoder_conf"]["output_size"])
     for ours in ("librispeech/asr_conformer_ssm.yaml", "librispeech/asr_ssm_ssm.yaml"):
         assert shipped(ours)["decoder_conf"] == want, ours
-    assert pub["decoder_conf"]["drop_path"] == 0.1
-    from s4speech.asr.decoder import SSMDecoder
-
-    assert "drop_path" not in inspect.signature(SSMDecoder).parameters, \
-        "decoder: ssm has drop_path now: set drop_path: 0.1 in conf/*/asr_*_ssm.yaml (published value)"
+    assert pub["decoder_conf"]["drop_path"] == want["drop_path"] == 0.1
 
 
 @pytest.mark.parametrize("ours", SIZED_LIKE_TWIN)

@@ -52,8 +52,10 @@ def test_model_loads_in_a_fresh_process_through_espnet_speech2text(asr_recipe_ru
     code = (
         "import json, s4speech, soundfile as sf\n"
         "from espnet2.bin.asr_inference import Speech2Text\n"
+        "from s4speech.asr.ctc import use_fast_ctc\n"
         "s2t = Speech2Text('exp/asr_asr_ssm/config.yaml', 'exp/asr_asr_ssm/valid.acc.ave.pth', beam_size=4,\n"
         "                  ctc_weight=0.3, device='cpu')\n"  # conf/demo/decode.yaml's settings
+        "use_fast_ctc(s2t)\n"  # as s4speech.bin.asr_inference, which the recipe decodes with
         "for line in open('dump/raw/test/wav.scp'):\n"
         "    utt, path = line.split()\n"
         "    print('ONEBEST', utt, s2t(sf.read(path)[0])[0][0])\n"

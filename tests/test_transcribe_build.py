@@ -74,11 +74,15 @@ def model_dirs(tmp_path_factory):
 
 
 def _espnet_speech2text(d, beam_size, ctc_weight):
+    """ESPnet's Speech2Text with our CTC prefix scorer swapped in, as transcription uses it (that scorer
+    against ESPnet's own: tests/test_decoding_speed.py)."""
     from espnet2.bin.asr_inference import Speech2Text
 
-    return Speech2Text(asr_train_config=str(loadable_config(d / "config.yaml")), asr_model_file=str(model_file(d)),
-                       beam_size=beam_size, ctc_weight=ctc_weight, lm_weight=0.0, nbest=1, batch_size=1,
-                       maxlenratio=0.0, minlenratio=0.0)
+    from s4speech.asr.ctc import use_fast_ctc
+
+    return use_fast_ctc(Speech2Text(asr_train_config=str(loadable_config(d / "config.yaml")),
+                                    asr_model_file=str(model_file(d)), beam_size=beam_size, ctc_weight=ctc_weight,
+                                    lm_weight=0.0, nbest=1, batch_size=1, maxlenratio=0.0, minlenratio=0.0))
 
 
 def test_choices_are_the_classes_of_asrtask():

@@ -25,7 +25,7 @@ one to one:
 What cannot be expressed exactly is refused with the reason (other layer lists, S4D/diagonal mode,
 rank > 1, bandlimit, gates/bottlenecks, transposed models, other residual or norm types, pooling).
 Training-only settings (dropout, drop_path, tie_dropout) have no effect on the function; the
-converted model uses ``dropout_rate`` = the decoder's ``dropout`` and no stochastic depth.
+converted model uses ``dropout_rate`` = the decoder's ``dropout`` and its ``drop_path``.
 """
 from __future__ import annotations
 
@@ -125,6 +125,8 @@ def convert_decoder_conf(conf: dict) -> dict:
         ff_activation=act,
         normalize_before=bool(c["prenorm"]),
     )
+    if float(c.get("drop_path", 0.0)):
+        out["drop_path"] = float(c["drop_path"])  # training only: kept for fine-tuning the converted model
     if lr is not None:
         out["ssm_lr"] = float(lr)
     if s4.get("n_ssm") is not None:

@@ -48,6 +48,8 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         n_ssm: S4 only: number of independent (A, B) copies shared by the d_model channels
             (channel h uses copy h mod n_ssm); default: one per channel.
         ff_activation: activation of the feed-forward module (gelu, relu, swish, tanh, ...).
+        drop_path: stochastic depth (training only): each residual branch (S4, cross-attention,
+            feed-forward) of each sequence is dropped with this probability, as ESPnet's decoder: s4.
         normalize_before: pre-LayerNorm blocks and a final LayerNorm (default); ``false``:
             post-LayerNorm blocks (x = LayerNorm(x + f(x))) and no final LayerNorm.
         compile_step: beam-search scoring (``batch_score``) through one ``torch.compile``'d step (see
@@ -75,6 +77,7 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         ff_activation: str = "gelu",
         normalize_before: bool = True,
         compile_step: bool = False,
+        drop_path: float = 0.0,
     ):
         super().__init__()
         d = d_model or encoder_output_size
@@ -83,7 +86,7 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
         self.decoders = nn.ModuleList(
             DecoderBlock(
                 d, encoder_output_size, attention_heads, linear_units, dropout_rate,
-                ff_activation=ff_activation, normalize_before=normalize_before,
+                ff_activation=ff_activation, normalize_before=normalize_before, drop_path=drop_path,
                 d_state=d_state, kernel=kernel, dt_min=dt_min, dt_max=dt_max,
                 ssm_lr=ssm_lr, s4d_init=s4d_init, n_ssm=n_ssm,
             )

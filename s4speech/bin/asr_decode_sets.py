@@ -8,8 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-import s4speech  # noqa: F401  registers the 'ssm' components
-from espnet2.bin.asr_inference import main as espnet_inference
+from s4speech.bin.asr_inference import main as espnet_inference  # ESPnet's, with s4speech's CTC scorer
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ from s4speech.ssm.layer import SSMLayer
 
 class DecoderBlock(nn.Module):
     def __init__(self, d_model, d_memory, heads, d_ff, dropout, ff_activation="gelu", normalize_before=True,
-                 **ssm_kw):
+                 drop_path=0.0, **ssm_kw):
         super().__init__()
         self.ssm = SSMLayer(d_model, dropout=dropout, **ssm_kw)
         self.src_attn = CrossAttention(d_model, d_memory, heads, dropout)
@@ -25,9 +25,20 @@ class DecoderBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
+        self.drop_path = drop_path  # stochastic depth: in training, each branch dropped per sequence
+
+    def _drop_path(self, h):
+        """Training: a branch's output kept for each sequence with probability 1 - drop_path (and scaled by
+        1 / (1 - drop_path)), else zero, as ESPnet's DropPath; identity otherwise."""
+        if not self.training or not self.drop_path:
+            return h
+        keep = 1.0 - self.drop_path
+        return h * h.new_empty(h.shape[0], *(1,) * (h.dim() - 1)).bernoulli_(keep) / keep
 
     def _residual(self, x, norm, f):
-        return x + f(norm(x)) if self.normalize_before else norm(x + f(x))
+        if self.normalize_before:
+            return x + self._drop_path(f(norm(x)))
+        return norm(x + self._drop_path(f(x)))
 
     def forward(self, x, k, v, mask, return_weights=False):
         """Teacher forcing. x: (B, L, d); k, v: (B, heads, T, dk); mask: (B, 1, 1, T) True = attend.

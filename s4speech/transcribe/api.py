@@ -49,6 +49,7 @@ class TranscribeOptions:
     progress: bool | None = None
     threads: int | None = None
     quantize: bool = False  # int8 dynamic quantization of the Linear layers (CPU)
+    compile_step: bool = False  # the S4 decoder's step through torch.compile
 
     def __post_init__(self):
         self.formats = parse_formats(self.formats)
@@ -67,7 +68,8 @@ def transcribe(model, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                formats: str | Sequence[str] = ("txt",), device: str = "cpu", batch_size: int = 8,
                beam_size: int = 4, ctc_weight: float = 0.3, max_segment: float = 20.0, segment: bool = True,
                vad: str = "energy", min_silence: float = 0.3, word_times: bool = True, resume: bool = False,
-               progress: bool | None = None, threads: int | None = None, quantize: bool = False) -> list[Transcript]:
+               progress: bool | None = None, threads: int | None = None, quantize: bool = False,
+               compile_step: bool = False) -> list[Transcript]:
     """Transcribe recordings; returns one Transcript per distinct file, in order (a file given twice, under
     any spelling, is transcribed and reported once).
 
@@ -79,12 +81,13 @@ def transcribe(model, paths: str | os.PathLike | Sequence[str | os.PathLike], *,
     resume: skip recordings whose outputs all exist already.
     threads: torch CPU threads for this call (None: as set). On a busy machine 1 is often much faster.
     quantize: int8 dynamic quantization of the Linear layers (CPU; as ESPnet's quantize_asr_model).
+    compile_step: the S4 decoder's beam-search step through torch.compile (compiled on first use).
     A recording that fails has ``error`` set (one line naming the file and the cause); the others go on.
     Raises ModelError if the model cannot be loaded and ValueError for bad options."""
     opts = TranscribeOptions(out_dir=out_dir, formats=formats, device=device, batch_size=batch_size,
                              beam_size=beam_size, ctc_weight=ctc_weight, max_segment=max_segment, segment=segment,
                              vad=vad, min_silence=min_silence, word_times=word_times, resume=resume,
-                             progress=progress, threads=threads, quantize=quantize)
+                             progress=progress, threads=threads, quantize=quantize, compile_step=compile_step)
     return run(model, [paths] if isinstance(paths, (str, os.PathLike)) else paths, opts)
 
 
@@ -134,7 +137,7 @@ def plan(paths: Sequence[str | os.PathLike],
 
 def _transcribe_all(model, paths: Sequence[str | os.PathLike], opts: TranscribeOptions) -> list[Transcript]:
     m = Model.load(model, device=opts.device, beam_size=opts.beam_size, ctc_weight=opts.ctc_weight,
-                   quantize=opts.quantize)
+                   quantize=opts.quantize, compile_step=opts.compile_step)
     results, todo = plan(paths, opts)
     durations = []
     for tr, _ in todo:

@@ -35,6 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip recordings whose outputs exist")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quantize", action="store_true", help="int8 dynamic quantization of the Linear layers (CPU)")
+    p.add_argument("--compile", action="store_true", help="the S4 decoder's step through torch.compile")
     p.add_argument("--quiet", action="store_true", help="no progress bar or info messages")
     return p
 
@@ -75,7 +76,7 @@ def _main(args) -> int:
                              max_segment=args.max_segment, segment=not args.no_segment, vad=args.vad,
                              min_silence=args.min_silence, word_times=not args.no_word_times,
                              resume=args.resume, progress=False if args.quiet else None, threads=args.threads,
-                             quantize=args.quantize)
+                             quantize=args.quantize, compile_step=args.compile)
     except (ModelError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1

@@ -58,10 +58,11 @@ class Model:
 
     @classmethod
     def load(cls, model: str | os.PathLike, *, device: str = "cpu", beam_size: int = 4,
-             ctc_weight: float = 0.3, quantize: bool = False) -> "Model":
+             ctc_weight: float = 0.3, quantize: bool = False, compile_step: bool = False) -> "Model":
         """An experiment dir, a ``.pth`` with ``config.yaml`` beside it or a packed ``.zip`` -> Model.
         A Model is returned as it is, a Speech2Text wrapped (its own device and decoding options).
-        ``quantize``: int8 dynamic quantization of the Linear layers (CPU), as ESPnet's quantize_asr_model."""
+        ``quantize``: int8 dynamic quantization of the Linear layers (CPU), as ESPnet's quantize_asr_model;
+        ``compile_step``: the S4 decoder's beam-search step through torch.compile (``SSMDecoder.compile_step``)."""
         if isinstance(model, Model):
             return model
         if model.__class__.__name__ == "Speech2Text":
@@ -80,9 +81,14 @@ class Model:
                                            beam_size=beam_size, ctc_weight=ctc_weight, lm_weight=0.0, nbest=1,
                                            batch_size=1, maxlenratio=0.0, minlenratio=0.0,
                                            quantize_asr_model=quantize)
+                from s4speech.asr.ctc import use_fast_ctc
+
+                use_fast_ctc(s2t)
         except Exception as e:  # noqa: BLE001 - one line naming the model and the cause
             raise ModelError(f"model {model}: cannot load ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:300]})") from None
+        if compile_step and hasattr(s2t.asr_model.decoder, "compile_step"):
+            s2t.asr_model.decoder.compile_step()
         return cls(s2t, name=str(model))
 
     # -- encoder, CTC, beam search
