@@ -8,9 +8,14 @@ from helpers import ROOT, make_librispeech
 
 
 def test_wheel_runs_a_recipe_stage_from_another_folder(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # a copy of what the wheel is built from: no stale build/ of the checkout
+    shutil.copytree(ROOT / "s4speech", src / "s4speech", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "setup.py", src / "setup.py")
     wheels = tmp_path / "wheels"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                        str(ROOT)], capture_output=True, text=True, timeout=300)
+                        str(src)], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     (wheel,) = wheels.glob("s4speech-*.whl")
     site = tmp_path / "site"
