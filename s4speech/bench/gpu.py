@@ -319,10 +319,9 @@ def check_decode_step(device="cuda", d: int = 256, T: int = 200, prefixes=None, 
     states of its own shape, ESPnet's transformer the cache of the L - 1 token prefix, as in table (a).
     Rows stop early (``partial``) once ``deadline`` (a ``time.perf_counter()`` value) has passed."""
     torch = _torch()
-    from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 
     from s4speech.bench.models import BEAM, BLOCKS, N_STATE, NAMES, V, build, espnet_s4_setup_step
-    from s4speech.bench.step import PREFIXES, ssm_step_call
+    from s4speech.bench.step import PREFIXES, espnet_step_call, ssm_step_call
 
     dv = _dev(device)
     prefixes = PREFIXES if prefixes is None else prefixes
@@ -336,23 +335,13 @@ def check_decode_step(device="cuda", d: int = 256, T: int = 200, prefixes=None, 
         except Exception as e:
             failed[k] = _why(e)
     x = torch.randn(T, d, device=dv)
-    xs = x.expand(BEAM, T, d)
     perm = torch.randperm(BEAM).tolist()
 
     def step_call(kind, dec, ys):
-        L = ys.shape[1]
         if kind == "ssm":
             with dv:  # ssm_step_call makes its states with torch.randn: on the device
                 return ssm_step_call(dec, x, ys, perm)
-        if kind == "s4":  # per hypothesis a list of layer states
-            proto = dec.init_state(x)
-            states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
-        elif L > 1:  # transformer: per hypothesis its cache of the L - 1 prefix tokens
-            _, cache = dec.forward_one_step(ys[:, :-1], subsequent_mask(L - 1, device=dv).unsqueeze(0), xs, cache=None)
-            states = [[c[b] for c in cache] for b in range(BEAM)]
-        else:
-            states = [None] * BEAM
-        return lambda: dec.batch_score(ys, states, xs)
+        return espnet_step_call(dec, x, ys)
 
     rows, partial = [], False
     with torch.no_grad():

@@ -25,16 +25,35 @@ def ssm_step_call(dec, x, ys, perm):
     return lambda: dec.batch_score(ys, states, xs)
 
 
+def espnet_step_call(dec, x, ys):
+    """ESPnet's ``batch_score`` of the last token of ``ys`` (BEAM, L) against memory ``x`` (T, d), as a
+    no-argument callable: its ``decoder: s4`` with random layer states per hypothesis, its Transformer
+    with the cache of the L - 1 token prefix (computed by its own ``forward_one_step``)."""
+    import torch
+    from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
+
+    xs = x.expand(BEAM, *x.shape)
+    L = ys.shape[1]
+    if type(dec).__name__ == "S4Decoder":  # ESPnet's s4: per hypothesis a list of layer states
+        proto = dec.init_state(x)
+        states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
+    elif L > 1:  # transformer: per hypothesis its cache of the L - 1 prefix tokens
+        _, cache = dec.forward_one_step(ys[:, :-1], subsequent_mask(L - 1, device=x.device).unsqueeze(0), xs,
+                                        cache=None)
+        states = [[c[b] for c in cache] for b in range(BEAM)]
+    else:
+        states = [None] * BEAM
+    return lambda: dec.batch_score(ys, states, xs)
+
+
 def bench_step(d: int, T: int, Ls, reps: int) -> list[dict]:
     """One row per prefix length L: best / median seconds of each decoder's step, and the analytic models."""
     import torch
-    from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 
     torch.manual_seed(0)
     decs = {k: build(k, d).eval() for k in ("ssm", "s4", "transformer")}
     espnet_s4_setup_step(decs["s4"])
     x = torch.randn(T, d)
-    xs = x.expand(BEAM, T, d)
     perm = torch.randperm(BEAM).tolist()  # beam search re-orders hypotheses every step
     rows = []
     for L in Ls:
@@ -43,19 +62,8 @@ def bench_step(d: int, T: int, Ls, reps: int) -> list[dict]:
         res = {}
         with torch.no_grad():
             res["ssm"] = timeit(ssm_step_call(decs["ssm"], x, ys, perm), reps, 3)
-            # ESPnet s4: per hypothesis a list of layer states (complex (1, H, 2N) for S4 layers)
-            dec = decs["s4"]
-            proto = dec.init_state(x)
-            states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
-            res["s4"] = timeit(lambda: dec.batch_score(ys, states, xs), reps, 1)
-            # ESPnet transformer: per hypothesis its cache, computed for the L - 1 prefix tokens
-            dec = decs["transformer"]
-            if L > 1:
-                _, cache = dec.forward_one_step(ys[:, :-1], subsequent_mask(L - 1).unsqueeze(0), xs, cache=None)
-                states = [[c[b] for c in cache] for b in range(BEAM)]
-            else:
-                states = [None] * BEAM
-            res["transformer"] = timeit(lambda: dec.batch_score(ys, states, xs), reps, 1)
+            res["s4"] = timeit(espnet_step_call(decs["s4"], x, ys), reps, 1)
+            res["transformer"] = timeit(espnet_step_call(decs["transformer"], x, ys), reps, 1)
         rows.append({"d": d, "T": T, "L": L, **{k: {"best": v[0], "median": v[1]} for k, v in res.items()},
                      "flops_ssm": flops_ssm_step(BEAM, d, T), "flops_s4": flops_s4_step(BEAM, d, T),
                      "flops_transformer": flops_transformer_step(BEAM, d, T, L),
@@ -95,7 +103,6 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
         models.V = saved
     espnet_s4_setup_step(s4)
     x = torch.randn(T, d)
-    xs = x.expand(BEAM, T, d)
     perm = torch.randperm(BEAM).tolist()
     ys = torch.randint(0, vocab - 1, (BEAM, L))
     ys[:, 0] = vocab - 1
@@ -107,9 +114,7 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
         t = time.perf_counter()
         diff = (fns["compiled"]()[0] - fns["eager"]()[0]).abs().max().item()
         compile_s = time.perf_counter() - t
-        proto = s4.init_state(x)
-        states = [[None if s is None else 0.1 * torch.randn_like(s) for s in proto] for _ in range(BEAM)]
-        fns["espnet s4"] = lambda: s4.batch_score(ys, states, xs)
+        fns["espnet s4"] = espnet_step_call(s4, x, ys)
         for f in fns.values():
             f()
         ts = {k: [] for k in fns}
