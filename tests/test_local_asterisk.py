@@ -23,7 +23,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 AN4 = SHARED / "data" / "mini_an4"
 SOUNDS = Path("usr/share/asterisk/sounds/en_US_f_Allison")
 TRANSCRIPT = Path("usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
-SETS = ("train", "dev", "test", "test_long")
+SETS = ("train", "dev", "test")
 
 
 def write_tree(root: Path, wavs: dict[str, bytes], transcript: str) -> Path:
@@ -175,10 +175,10 @@ def test_read_prompts_skips_bad_entries_with_warnings(an4_tree, caplog):
 
 
 def test_prepare_writes_consistent_disjoint_splits(an4_tree, tmp_path):
-    counts = prepare(an4_tree, tmp_path / "data", long_durations=(4, 9.5))
+    counts = prepare(an4_tree, tmp_path / "data")
     texts = {s: read_dir(tmp_path / "data" / s) for s in SETS}
     assert counts == {s: len(texts[s]) for s in SETS}
-    assert counts == {"train": 10, "dev": 1, "test": 1, "test_long": 2}
+    assert counts == {"train": 10, "dev": 1, "test": 1}
     ids = {s: set(texts[s]) for s in ("train", "dev", "test")}
     assert not (ids["train"] & ids["dev"] or ids["train"] & ids["test"] or ids["dev"] & ids["test"])
     assert ids["train"] | ids["dev"] | ids["test"] == {asterisk.utterance_id(p) for p in GOOD}
@@ -196,53 +196,59 @@ def test_prepare_writes_consistent_disjoint_splits(an4_tree, tmp_path):
     assert {s: len(other[s]) for s in ids} == {"train": 10, "dev": 1, "test": 1}
 
 
-def check_long(data: Path, targets) -> None:
-    """test_long recordings: 8 kHz 16-bit, long enough, silent at the listed joins, texts concatenated."""
-    texts = read_dir(data / "test_long")
-    wavs = read_table(data / "test_long" / "wav.scp")
-    joins = {k: [float(t) for t in v.split()] for k, v in read_table(data / "test_long" / "joins").items()}
-    assert set(joins) == set(texts) and len(texts) == len(targets)
+def check_long(data: Path, targets, per_length: int = asterisk.LONG_PER_LENGTH) -> None:
+    """test_long_<d>s recordings: per_length of each target, 8 kHz 16-bit, long enough, silent at the
+    listed joins, texts the test prompts concatenated in order (going on across recordings)."""
     test_texts = list(read_dir(data / "test").values())
-    cursor = 0
-    for (utt_id, text), target in zip(texts.items(), targets):  # ids sort in target order (long00, long01, ...)
-        assert Path(wavs[utt_id]).parent == (data / "test_long" / "wav").absolute()
-        info = sf.info(wavs[utt_id])
-        assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
-        assert info.duration >= target
-        audio, _ = sf.read(wavs[utt_id], dtype="int16")
-        times = joins[utt_id]
-        assert times == sorted(times) and all(0 < t < info.duration for t in times)
-        for t in times:  # the centre of a 0.3 s pause of digital silence
-            c = round(t * 8000)
-            assert not audio[c - 1000:c + 1000].any()
-        n = len(times) + 1
-        assert text == " ".join(test_texts[(cursor + i) % len(test_texts)] for i in range(n))
-        cursor += n
+    for target in targets:
+        d = data / f"test_long_{target:g}s"
+        texts = read_dir(d)
+        wavs = read_table(d / "wav.scp")
+        joins = {k: [float(t) for t in v.split()] for k, v in read_table(d / "joins").items()}
+        assert set(joins) == set(texts) and len(texts) == per_length
+        assert list(texts) == [f"f1-long{target:g}s-{k:02d}" for k in range(per_length)]
+        cursor = 0
+        for utt_id, text in texts.items():
+            assert Path(wavs[utt_id]).parent == (d / "wav").absolute()
+            info = sf.info(wavs[utt_id])
+            assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
+            assert info.duration >= target
+            audio, _ = sf.read(wavs[utt_id], dtype="int16")
+            times = joins[utt_id]
+            assert times == sorted(times) and all(0 < t < info.duration for t in times)
+            for t in times:  # the centre of a 0.3 s pause of digital silence
+                c = round(t * 8000)
+                assert not audio[c - 1000:c + 1000].any()
+            n = len(times) + 1
+            assert text == " ".join(test_texts[(cursor + i) % len(test_texts)] for i in range(n))
+            cursor += n
 
 
 def test_long_recordings(an4_tree, tmp_path):
-    prepare(an4_tree, tmp_path / "short", long_durations=(4, 9.5))
+    prepare(an4_tree, tmp_path / "short")
     assert list(read_table(tmp_path / "short/test/text")) == ["f1-yes"]  # a 16 kHz prompt: resampled
     assert sf.info(an4_tree / SOUNDS / "yes.wav").samplerate == 16000
-    check_long(tmp_path / "short", (4, 9.5))
-    # The defaults: the one ~1-3 s test prompt is reused cyclically up to 30 and 60 s.
-    counts = prepare(an4_tree, tmp_path / "data")
-    assert counts["test_long"] == 2
-    check_long(tmp_path / "data", (30, 60))
-    assert sorted(p.name for p in (tmp_path / "data/test_long/wav").iterdir()) == ["f1-long00-30s.wav", "f1-long01-60s.wav"]
+    assert asterisk.long_form(tmp_path / "short/test", tmp_path / "short/test_long", (4, 9.5), per_length=3) == {4: 3, 9.5: 3}
+    check_long(tmp_path / "short", (4, 9.5), per_length=3)
+    # The defaults: 10 recordings each of 30, 60 and 120 s, the one ~1-3 s test prompt reused cyclically.
+    prepare(an4_tree, tmp_path / "data")
+    assert asterisk.long_form(tmp_path / "data/test", tmp_path / "data/test_long") == {30: 10, 60: 10, 120: 10}
+    check_long(tmp_path / "data", (30, 60, 120))
 
 
 def test_rerun_is_idempotent(an4_tree, tmp_path):
     data = tmp_path / "data"
-    prepare(an4_tree, data, long_durations=(4, 9))
+    prepare(an4_tree, data)
+    asterisk.long_form(data / "test", data / "test_long", (4, 9), per_length=2)
     first = snapshot(data)
-    assert prepare(an4_tree, data, long_durations=(4, 9)) == {"train": 10, "dev": 1, "test": 1, "test_long": 2}
+    assert prepare(an4_tree, data) == {"train": 10, "dev": 1, "test": 1}
+    assert asterisk.long_form(data / "test", data / "test_long", (4, 9), per_length=2) == {4: 2, 9: 2}
     assert snapshot(data) == first
     assert not any(".tmp" in name for name in first)
-    # Other targets replace the old long recordings instead of leaving stale ones.
-    prepare(an4_tree, data, long_durations=(5,))
-    assert [p.name for p in (data / "test_long/wav").iterdir()] == ["f1-long00-5s.wav"]
-    check_long(data, (5,))
+    # Fewer recordings replace the old ones instead of leaving stale ones.
+    asterisk.long_form(data / "test", data / "test_long", (4,), per_length=1)
+    assert [p.name for p in (data / "test_long_4s/wav").iterdir()] == ["f1-long4s-00.wav"]
+    check_long(data, (4,), per_length=1)
 
 
 def test_main_and_errors(an4_tree, tmp_path):
@@ -255,8 +261,11 @@ def test_main_and_errors(an4_tree, tmp_path):
     write_tree(small, {}, "yes: Yes.\ngo: Go.\n")
     with pytest.raises(ValueError, match="at least 3 usable prompts"):
         prepare(small, tmp_path / "small_data")
-    with pytest.raises(ValueError, match="long_durations"):
-        prepare(an4_tree, tmp_path / "d", long_durations=(30, 0))
+    with pytest.raises(ValueError, match="durations must be positive"):
+        asterisk.long_form(tmp_path / "data/test", tmp_path / "data/test_long", (30, 0))
+    assert asterisk.main(["--long_form", str(tmp_path / "data/test"), "--data_dir", str(tmp_path / "data/test_long"),
+                          "--durations", "5"]) == 0
+    assert len(read_dir(tmp_path / "data/test_long_5s")) == asterisk.LONG_PER_LENGTH
 
 
 # --------------------------------------------------------------------------- the real packages
@@ -292,9 +301,10 @@ def test_prepare_on_real_prompts(real_root, tmp_path):
     picked = [line for line in lines if line.partition(":")[0] in wanted]
     assert len(picked) == len(wanted)
     tree = write_tree(tmp_path / "tree", {p: (sounds / f"{p}.wav").read_bytes() for p in wanted}, "\n".join(picked))
-    counts = prepare(tree, tmp_path / "data", long_durations=(5, 10))
-    assert counts == {"train": 12, "dev": 1, "test": 1, "test_long": 2}  # 14 prompts: beep has no words
+    counts = prepare(tree, tmp_path / "data")
+    assert counts == {"train": 12, "dev": 1, "test": 1}  # 14 prompts: beep has no words
+    asterisk.long_form(tmp_path / "data/test", tmp_path / "data/test_long", (5, 10), per_length=2)
     text = {**read_dir(tmp_path / "data/train"), **read_dir(tmp_path / "data/dev"), **read_dir(tmp_path / "data/test")}
     assert text["f1-digits_7"] == "seven" and text["f1-spy-iax2"] == "iax"
     assert text["f1-vm-intro"] == ("please leave your message after the tone when done hang up or press the pound key")
-    check_long(tmp_path / "data", (5, 10))
+    check_long(tmp_path / "data", (5, 10), per_length=2)

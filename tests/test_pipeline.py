@@ -100,3 +100,61 @@ def test_an_unreadable_checkpoint_is_an_error_naming_it(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(StageError, match=f"{bad}: cannot read the checkpoint"):
         count_params(tmp_path, bad)
+
+
+ESPNET_EPOCH_LINE = (
+    "[vm] 2026-12-02 00:41:25,786 (trainer:394) INFO: {e}epoch results: [train] iter_time=0.007, loss_ctc=28.155, "
+    "acc={tr}, loss=25.502, clip=100.000, optim0_lr0=0.001, train_time=0.986, time=1 minute and 21.83 seconds, "
+    "total_count=352, [valid] loss_ctc=43.751, cer_ctc=0.453, acc={va}, cer=0.821, loss=40.194, time=2.1 seconds, "
+    "total_count=64, gpu_max_cached_mem_GB=0.0\n")
+
+
+def _train_log(path: Path, accs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(ESPNET_EPOCH_LINE.format(e=e, tr=tr, va=va) for e, tr, va in accs)
+                    + "[vm] ... INFO: 3epoch:train:1-10batch: iter_time=0.01, acc=0.9\n")  # not an epoch result
+    return path
+
+
+def test_epoch_results_of_an_espnet_train_log(tmp_path):
+    from s4speech.io.expdir import epoch_results
+
+    log = _train_log(tmp_path / "train.log", [(1, 0.2, 0.25), (2, 0.4, 0.35), (2, 0.45, 0.38), (3, 0.6, 0.5)])
+    ep = epoch_results(log)
+    assert sorted(ep) == [1, 2, 3]
+    assert ep[2]["valid"]["acc"] == 0.38 and ep[2]["train"]["acc"] == 0.45  # resumed: the last line of an epoch
+    assert ep[1]["train"]["total_count"] == 352 and "time" not in ep[1]["train"]  # "1 minute and ..." is no number
+    assert ep[3]["valid"] == {"loss_ctc": 43.751, "cer_ctc": 0.453, "acc": 0.5, "cer": 0.821, "loss": 40.194,
+                              "total_count": 64.0, "gpu_max_cached_mem_GB": 0.0}
+
+
+def test_report_has_learning_curves_of_every_system(tmp_path, monkeypatch):
+    from s4speech.pipeline.report import write_asr_report
+
+    monkeypatch.chdir(tmp_path)
+    _train_log(tmp_path / "exp/asr_a/train.log", [(1, 0.2, 0.3), (2, 0.5, 0.6), (3, 0.7, 0.55)])
+    _train_log(tmp_path / "exp/asr_b/train.log", [(1, 0.1, 0.2)])
+    r = ASRRecipe("none", asr_configs=["a.yaml", "b.yaml", "c.yaml"], results=tmp_path / "out" / "RESULTS.md")
+    r.results.parent.mkdir()
+    res = {"wer": dict.fromkeys(["Snt", "Wrd", "Corr", "Sub", "Del", "Ins", "Err", "S.Err"], 1)}
+    res["cer"] = res["wer"]
+    report = write_asr_report(r, {("asr_a", "decode_default", "test"): res}).read_text()
+    assert "![learning curves](learning_curves.png)" in report
+    assert (tmp_path / "out/learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "|asr_a|3|0.600 (epoch 2)|0.550|0.700|" in report  # best validation accuracy and where
+    assert "|asr_b|1|0.200 (epoch 1)|0.200|0.100|" in report
+    assert "|asr_c|0|no validation acc in exp/asr_c/train.log||||" in report  # not trained: said, not hidden
+
+
+def test_synthesis_limit_comes_from_the_training_data(tmp_path, monkeypatch):
+    from s4speech.io.kaldi import Utterance, write_kaldi_dir
+    from s4speech.pipeline.tts import MAXLEN_MARGIN, synth_maxlenratio
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tts.yaml").write_text(yaml.safe_dump({"feats_extract_conf": {"fs": 8000, "hop_length": 80}}))
+    r = TTSRecipe("none", tts_configs=[str(tmp_path / "tts.yaml")])
+    d = r.filtered(r.train_set)
+    write_kaldi_dir(d, [Utterance("a", "s", "a.wav", "hello there"), Utterance("b", "s", "b.wav", "one")])
+    (d / "utt2num_samples").write_text("a 16000\nb 8000\n")  # 200 frames / 12 chars, 100 frames / 4 ("one" + 1)
+    assert synth_maxlenratio(r) == round(MAXLEN_MARGIN * 100 / 4, 1)
+    assert synth_maxlenratio(TTSRecipe("none", tts_configs=r.tts_configs, maxlenratio=7.0)) == 7.0

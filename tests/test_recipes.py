@@ -148,7 +148,8 @@ def demo(tmp_path_factory):
     work = tmp / "run"
     p = run_recipe("demo/asr1", work, "--corpus_dir", root, "--nj", "2", "--inference_nj", "1", "--num_workers", "0",
                    "--asr_config", tiny_asr_config(tmp / "asr_ssm.yaml", "ssm", fs=8000),
-                   "--inference_config", tiny_decode_config(tmp / "dec.yaml"), "--min_sec", "0.1")
+                   "--inference_config", tiny_decode_config(tmp / "dec.yaml"), "--min_sec", "0.1",
+                   "--long_sets", "test_long_3s")  # run.sh's: 10 recordings each of 30, 60 and 120 s
     return tmp, work, p
 
 
@@ -159,7 +160,8 @@ def test_demo_asr_recipe(demo):
     # the 8 kHz prompts are read where they lie
     assert all(v.startswith(str(tmp / "corpus")) for v in read_table(rdir / "dump/raw/train/wav.scp").values())
     assert rows((rdir / "RESULTS.md").read_text(), "WER") == [
-        "asr_asr_ssm / decode_dec / test", "asr_asr_ssm / decode_dec / test_long"]
+        "asr_asr_ssm / decode_dec / test", "asr_asr_ssm / decode_dec / test_long_3s"]
+    assert len(read_table(rdir / "data/test_long_3s/text")) == 10
     assert zipfile.is_zipfile(rdir / "exp/asr_asr_ssm.zip")
 
 

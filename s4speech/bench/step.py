@@ -83,8 +83,10 @@ def measure(res: dict, opts, save) -> None:
 
 # ---- ``python -m s4speech.bench.step``: the decoding-speed options side by side, in one process ----------
 def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps: int = 60) -> dict:
-    """Our batch_score eager and compiled (``SSMDecoder.compile_step``) and ESPnet's s4 step on the same
-    inputs, calls interleaved: median / best ms each, the first compiled call's seconds (the compile)."""
+    """Our batch_score eager, compiled (``SSMDecoder.compile_step``) and int8 (dynamic quantization of the
+    Linear layers, as ``Speech2Text(quantize_asr_model=True)``), and ESPnet's s4 step on the same inputs,
+    calls interleaved: median / best ms each, the first compiled call's seconds (the compile), and the
+    largest difference of each from the eager step's scores."""
     import copy
     import statistics
     import time
@@ -98,6 +100,7 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
         torch.manual_seed(0)
         eager = build("ssm", d).eval()
         comp = copy.deepcopy(eager).compile_step()
+        int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(eager), {torch.nn.Linear}, dtype=torch.qint8)
         s4 = build("s4", d).eval()
     finally:
         models.V = saved
@@ -114,6 +117,9 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
         t = time.perf_counter()
         diff = (fns["compiled"]()[0] - fns["eager"]()[0]).abs().max().item()
         compile_s = time.perf_counter() - t
+        torch.manual_seed(1)
+        fns["int8"] = ssm_step_call(int8, x, ys, perm)
+        int8_diff = (fns["int8"]()[0] - fns["eager"]()[0]).abs().max().item()
         fns["espnet s4"] = espnet_step_call(s4, x, ys)
         for f in fns.values():
             f()
@@ -123,7 +129,7 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
                 t = time.perf_counter()
                 f()
                 ts[k].append(time.perf_counter() - t)
-    return {"compile_s": compile_s, "max_abs_diff": diff,
+    return {"compile_s": compile_s, "max_abs_diff": diff, "int8_max_abs_diff": int8_diff,
             **{k: {"median": statistics.median(v) * 1e3, "best": min(v) * 1e3} for k, v in ts.items()}}
 
 
@@ -133,7 +139,7 @@ def main(argv=None) -> None:
     from s4speech.bench import env
 
     p = argparse.ArgumentParser(prog="python -m s4speech.bench.step",
-                                description="Eager vs compiled decoder step vs ESPnet's s4 step (beam 8).")
+                                description="Eager vs compiled vs int8 decoder step vs ESPnet's s4 step (beam 8).")
     p.add_argument("--d", type=int, default=256)
     p.add_argument("--T", type=int, default=200, help="encoder frames")
     p.add_argument("--vocab", type=int, default=500)
@@ -145,8 +151,8 @@ def main(argv=None) -> None:
     r = compare_step(a.d, a.T, vocab=a.vocab, reps=a.reps)
     print(f"d {a.d}, enc T {a.T}, vocab {a.vocab}, beam {BEAM}, {torch.get_num_threads()} threads; "
           f"load {load0} -> {env.load()}; first compiled call {r['compile_s']:.1f} s; "
-          f"max |compiled - eager| {r['max_abs_diff']:.1e}")
-    for k in ("eager", "compiled", "espnet s4"):
+          f"max |compiled - eager| {r['max_abs_diff']:.1e}, max |int8 - eager| {r['int8_max_abs_diff']:.1e} (log-probs)")
+    for k in ("eager", "compiled", "int8", "espnet s4"):
         print(f"  {k:10s} median {r[k]['median']:6.2f} ms   best {r[k]['best']:6.2f} ms")
     floor = flops_ssm_step(BEAM, a.d, a.T, vocab=a.vocab) / (env.matmul_rate() * 1e9) * 1e3
     print(f"  FLOP floor {floor:.2f} ms (flops_ssm_step / this process' 2048^3 matmul rate)")

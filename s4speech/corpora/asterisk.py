@@ -12,12 +12,16 @@ installed) they form this tree below a root directory::
         (``; comment`` lines and ``<prompt_id>: <text>`` lines)
 
 ``prepare`` writes Kaldi data dirs ``train``, ``dev``, ``test`` (a
-deterministic ~80/10/10 split by prompt) and ``test_long`` (long recordings
-made by concatenating test prompts, for long-form decoding and segmentation).
+deterministic ~80/10/10 split by prompt); ``long_form`` makes ``test_long_<d>s``
+from ``test``: ``per_length`` (10) recordings of at least ``d`` seconds each,
+made by concatenating test prompts (which therefore repeat across recordings),
+for long-form decoding and segmentation. The recipes ask for them by name
+(``--long_sets test_long_30s test_long_60s test_long_120s``).
 
 Usage, from the repository root::
 
     python -m s4speech.corpora.asterisk --corpus_dir downloads/asterisk --data_dir data
+    python -m s4speech.corpora.asterisk --long_form data/test --data_dir data/test_long --durations 30 60 120
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import soundfile as sf
 from s4speech.corpora.cli import corpus_main
 from s4speech.io.audio import write_audio
 from s4speech.io.files import atomic_write
-from s4speech.io.kaldi import Utterance, write_kaldi_dir
+from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
 
 logger = logging.getLogger("s4speech.corpora.asterisk")  # also when run as __main__
 
@@ -53,7 +57,8 @@ SAMPLE_RATE = 8000
 PAUSE_S = 0.3  # silence inserted between prompts in the long recordings
 DEV_FRACTION = 0.1
 TEST_FRACTION = 0.1
-SETS = ("train", "dev", "test", "test_long")
+SETS = ("train", "dev", "test")
+LONG_PER_LENGTH = 10  # recordings per target length in a long-form set
 
 
 class Prompt(NamedTuple):
@@ -290,8 +295,10 @@ def _load_8k(wav: Path) -> np.ndarray:
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _long_recordings(test: Sequence[Prompt], out_dir: Path, targets: Sequence[float]) -> tuple[list[Utterance], str]:
-    """Concatenate test prompts into one recording per target duration; returns utterances and joins lines.
+def _long_recordings(test: Sequence[Utterance], out_dir: Path, target: float,
+                     n: int) -> tuple[list[Utterance], str]:
+    """Concatenate test prompts into ``n`` recordings of at least ``target`` seconds; returns utterances
+    and joins lines.
 
     Prompts are taken in order (sorted by utterance id), each recording going on
     where the previous one stopped and wrapping around when the prompts run
@@ -301,8 +308,8 @@ def _long_recordings(test: Sequence[Prompt], out_dir: Path, targets: Sequence[fl
     pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.int16)
     cache: dict[Path, np.ndarray] = {}
     utts, joins, cursor = [], [], 0
-    for k, target in enumerate(targets):
-        utt_id = f"{SPEAKER}-long{k:02d}-{target:g}s"
+    for k in range(n):
+        utt_id = f"{SPEAKER}-long{target:g}s-{k:02d}"
         pieces: list[np.ndarray] = []
         texts: list[str] = []
         times: list[float] = []
@@ -314,9 +321,9 @@ def _long_recordings(test: Sequence[Prompt], out_dir: Path, targets: Sequence[fl
                 times.append((n_samples + len(pause) / 2) / SAMPLE_RATE)
                 pieces.append(pause)
                 n_samples += len(pause)
-            audio = cache.get(prompt.wav_path)
+            audio = cache.get(prompt.audio)
             if audio is None:
-                audio = cache[prompt.wav_path] = _load_8k(prompt.wav_path)
+                audio = cache[prompt.audio] = _load_8k(Path(prompt.audio))
             pieces.append(audio)
             texts.append(prompt.text)
             n_samples += len(audio)
@@ -336,22 +343,13 @@ def _duration(wav: str | Path) -> float:
     return sf.info(str(wav)).duration
 
 
-def prepare(corpus_dir: str | Path, data_dir: str | Path, seed: int = 0,
-            long_durations: Sequence[float] = (30, 60)) -> dict[str, int]:
-    """Fetch the corpus and write Kaldi data dirs ``data_dir/{train,dev,test,test_long}``.
+def prepare(corpus_dir: str | Path, data_dir: str | Path, seed: int = 0) -> dict[str, int]:
+    """Fetch the corpus and write Kaldi data dirs ``data_dir/{train,dev,test}``.
 
-    train/dev/test: one utterance per prompt (``split_prompts``), speaker
-    ``f1``, utterance ids from ``utterance_id``, WAV paths absolute.
-    test_long: for each target in ``long_durations`` (seconds), one recording
-    ``test_long/wav/<utt_id>.wav`` (8 kHz, 16-bit) of consecutive test prompts
-    joined with 0.3 s pauses, at least as long as the target, transcribed by
-    the concatenated texts; ``test_long/joins`` lists ``<utt_id> <t1> <t2>
-    ...``, the times (s) of the pauses' centres. Deterministic: re-running
-    with the same arguments rewrites identical files. Returns the number of
-    utterances per set.
+    One utterance per prompt (``split_prompts``), speaker ``f1``, utterance ids from ``utterance_id``,
+    WAV paths absolute. Deterministic: re-running with the same arguments rewrites identical files.
+    Returns the number of utterances per set.
     """
-    if not long_durations or any(not t > 0 for t in long_durations):
-        raise ValueError(f"long_durations must be positive numbers, got {long_durations!r}")
     data_dir = Path(data_dir)
     prompts = read_prompts(fetch(corpus_dir))
     logger.info("%d usable prompts", len(prompts))
@@ -363,27 +361,51 @@ def prepare(corpus_dir: str | Path, data_dir: str | Path, seed: int = 0,
         ids[utt_id] = p.prompt_id
 
     counts: dict[str, int] = {}
-    durations: dict[str, float] = {}
     splits = split_prompts(prompts, seed)
-    for name in ("train", "dev", "test"):
+    for name in SETS:
         utts = [Utterance(utterance_id(p.prompt_id), SPEAKER, str(p.wav_path.absolute()), p.text)
                 for p in splits[name]]
         counts[name] = write_kaldi_dir(data_dir / name, utts)
-        durations[name] = sum(_duration(u.audio) for u in utts)
-
-    long_dir = data_dir / "test_long"
-    utts, joins = _long_recordings(splits["test"], long_dir / "wav", long_durations)
-    counts["test_long"] = write_kaldi_dir(long_dir, utts)
-    durations["test_long"] = sum(_duration(u.audio) for u in utts)
-    atomic_write(long_dir / "joins", joins)
-    for name in SETS:
-        logger.info("%s: %d utterances, %.1f s", data_dir / name, counts[name], durations[name])
+        logger.info("%s: %d utterances, %.1f s", data_dir / name, counts[name], sum(_duration(u.audio) for u in utts))
     return counts
+
+
+def long_form(data_dir_in: str | Path, data_dir_out: str | Path, durations: Sequence[float] = (30, 60, 120),
+              per_length: int = LONG_PER_LENGTH, audio_format: str = "wav") -> dict[float, int]:
+    """Long-form sets from a prepared set (``test``): for each target ``d`` (seconds), the Kaldi dir
+    ``f"{data_dir_out}_{d:g}s"`` with ``per_length`` recordings ``wav/<utt_id>.wav`` (8 kHz, 16-bit WAV)
+    of consecutive prompts joined with 0.3 s pauses, each at least ``d`` long and transcribed by the
+    concatenated texts; its ``joins`` lists ``<utt_id> <t1> <t2> ...``, the times (s) of the pauses'
+    centres. The prompts repeat across recordings (``test`` has ~150 s). Deterministic; re-running
+    rewrites identical files and removes recordings of an earlier, larger ``per_length``. Returns
+    ``{d: recordings}``. (``audio_format``: the recipes' option; the recordings are always WAV.)
+    """
+    if not durations or any(not d > 0 for d in durations):
+        raise ValueError(f"long-form durations must be positive numbers, got {list(durations)!r}")
+    if per_length < 1:
+        raise ValueError(f"per_length must be at least 1, got {per_length}")
+    src = read_dir_utterances(Path(data_dir_in))
+    if not src:
+        raise ValueError(f"{data_dir_in}: no utterances to make long-form recordings from")
+    counts = {}
+    for d in durations:
+        out = Path(f"{data_dir_out}_{d:g}s")
+        utts, joins = _long_recordings(src, out / "wav", d, per_length)
+        counts[d] = write_kaldi_dir(out, utts)
+        atomic_write(out / "joins", joins)
+        logger.info("%s: %d recordings, %.1f s", out, counts[d], sum(_duration(u.audio) for u in utts))
+    return counts
+
+
+def read_dir_utterances(d: Path) -> list[Utterance]:
+    """The utterances of a Kaldi dir written by ``prepare`` (sorted by id; no ``segments``)."""
+    wavs, texts = read_table(d / "wav.scp"), read_table(d / "text")
+    return [Utterance(u, SPEAKER, wavs[u], texts[u]) for u in sorted(texts)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m s4speech.corpora.asterisk --corpus_dir DIR --data_dir DIR [--seed N]``."""
-    return corpus_main(argv, __doc__.split("\n\n")[0], prepare,
+    return corpus_main(argv, __doc__.split("\n\n")[0], prepare, long_form=long_form,
                        options=[(("--seed",), dict(type=int, default=0, help="seed of the train/dev/test split"))],
                        kwargs=lambda a: {"seed": a.seed})
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -147,4 +148,35 @@ def loadable_config(cfg: str | os.PathLike) -> Path:
 
         out = Path(tempfile.mkdtemp(prefix="s4speech-config-")) / "config.yaml"
         atomic_write(out, yaml.safe_dump(fixed, allow_unicode=True, sort_keys=False))
+    return out
+
+
+_EPOCH = re.compile(r"INFO: (\d+)epoch results: (.*)$")
+_SECTION = re.compile(r"\[(\w+)\] ")
+
+
+def epoch_results(train_log: str | os.PathLike) -> dict[int, dict[str, dict[str, float]]]:
+    """Per-epoch figures of an ESPnet ``train.log``: ``{epoch: {"train": {...}, "valid": {...}}}``.
+
+    Read from the ``<n>epoch results: [train] k=v, ... [valid] k=v, ...`` lines ESPnet's trainer logs
+    after each epoch; only numeric values are kept (``time=1 minute and 3 seconds`` is not). A resumed
+    run logs an epoch again: the last line wins.
+    """
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    for line in Path(train_log).read_text(errors="replace").splitlines():
+        m = _EPOCH.search(line)
+        if not m:
+            continue
+        parts = _SECTION.split(m.group(2))  # ["", "train", "k=v, ...", "valid", "k=v, ..."]
+        sections = {}
+        for name, body in zip(parts[1::2], parts[2::2]):
+            vals = {}
+            for item in body.split(","):
+                k, _, v = item.strip().partition("=")
+                try:
+                    vals[k] = float(v)
+                except ValueError:
+                    pass
+            sections[name] = vals
+        out[int(m.group(1))] = sections
     return out

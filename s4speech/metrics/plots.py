@@ -1,4 +1,4 @@
-"""Plots for the reports: WER against recording length (long-form)."""
+"""Plots for the reports: WER against recording length (long-form), learning curves."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,6 +26,30 @@ def plot_wer_vs_length(runs: dict[str, list[tuple[Path, Path]]], png: Path) -> P
     ax.set_title("Long-form decoding (each recording decoded whole)")
     ax.grid(alpha=0.3)
     ax.legend()
+    atomic_output(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+    return png
+
+
+def plot_learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], ylabel: str, png: Path) -> Path:
+    """One line per system and split: ``curves = {system: {"train": [(epoch, value)], "valid": [...]}}``;
+    validation solid, training dashed in the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, splits) in enumerate(sorted(curves.items())):
+        for split, style in (("valid", "-"), ("train", "--")):
+            pts = splits.get(split) or []
+            if pts:
+                ax.plot([e for e, _ in pts], [v for _, v in pts], style, color=f"C{i}", marker="." if split == "valid" else None,
+                        label=f"{name} ({split})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     atomic_output(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return png

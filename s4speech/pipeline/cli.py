@@ -85,7 +85,8 @@ def get_parser(task: str) -> argparse.ArgumentParser:
     else:
         p.add_argument("--tts_config", action="append", default=[], help="repeat to train and compare several systems")
         p.add_argument("--threshold", type=float, default=0.5)
-        p.add_argument("--maxlenratio", type=float, default=10.0)
+        p.add_argument("--maxlenratio", type=float, default=0.0,
+                       help="synthesis limit, frames per (input token + 1); 0: from the training data")
         p.add_argument("--griffin_lim_iters", type=int, default=32)
         p.add_argument("--n_long", type=int, default=10)
         p.add_argument("--long_chars", type=int, default=400)

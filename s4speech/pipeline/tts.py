@@ -31,7 +31,7 @@ class TTSRecipe(DataRecipe):
     max_sec: float = 20.0
     train_args: list[str] = field(default_factory=list)
     threshold: float = 0.5
-    maxlenratio: float = 10.0
+    maxlenratio: float = 0.0  # frames per (input token + 1); 0: from the training data (see synth_maxlenratio)
     griffin_lim_iters: int = 32
     n_long: int = 10  # long inputs (joined test sentences) for the failure rate
     long_chars: int = 400  # ... of at least this many characters
@@ -139,7 +139,7 @@ def stage_synthesize(r: TTSRecipe) -> None:
             if done(out):
                 continue
             if syn is None:  # the model as it is: no splitting of long inputs
-                syn = Synthesizer(sysdir, threshold=r.threshold, maxlenratio=r.maxlenratio,
+                syn = Synthesizer(sysdir, threshold=r.threshold, maxlenratio=synth_maxlenratio(r),
                                   griffin_lim_iters=r.griffin_lim_iters, chunk_chars=10**6, max_chars=10**6)
             records = []
             for utt, text in tqdm(sorted(texts.items()), desc=f"{sysdir.name}/{s}", unit="utt", file=sys.stderr):
@@ -154,15 +154,36 @@ def stage_synthesize(r: TTSRecipe) -> None:
             mark_done(out)
 
 
-def frames_per_char(r: TTSRecipe) -> float:
-    """Feature frames per character in the (filtered) training data."""
+MAXLEN_MARGIN = 1.2  # synthesis may run this much past the slowest training utterance
+
+
+def _train_frames(r: TTSRecipe) -> list[tuple[int, float]]:
+    """(characters, feature frames) of each (filtered) training utterance."""
     d = r.filtered(r.train_set)
     n = {k: int(v) for k, v in read_table(d / "utt2num_samples").items()}
-    text = read_table(d / "text")
     hop = r.feats_conf().get("hop_length")
     if not hop:
         raise StageError("feats_extract_conf.hop_length is not stated in the --tts_config files")
-    return sum(n[u] / int(hop) for u in text) / max(1, sum(len(t) for t in text.values()))
+    return [(len(t), n[u] / int(hop)) for u, t in read_table(d / "text").items()]
+
+
+def frames_per_char(r: TTSRecipe) -> float:
+    """Feature frames per character in the (filtered) training data."""
+    utts = _train_frames(r)
+    return sum(f for _, f in utts) / max(1, sum(c for c, _ in utts))
+
+
+def synth_maxlenratio(r: TTSRecipe) -> float:
+    """The synthesis limit (frames per input token + 1, as ESPnet's maxlenratio): ``--maxlenratio`` when
+    given, else the largest ratio of any training utterance times MAXLEN_MARGIN, so that a test sentence
+    spoken like the training data can be completed and a "no stop" is the model's, not the limit's
+    (the demo's prompts carry silence at both ends: a short prompt needs ~35 frames per character)."""
+    if r.maxlenratio > 0:
+        return r.maxlenratio
+    utts = _train_frames(r)
+    if not utts:
+        raise StageError(f"no training utterances in {r.filtered(r.train_set)} to set maxlenratio from")
+    return round(MAXLEN_MARGIN * max(f / (c + 1) for c, f in utts), 1)
 
 
 def _records(d: Path) -> list[dict]:
