@@ -148,13 +148,18 @@ def test_report_has_learning_curves_of_every_system(tmp_path, monkeypatch):
 
 def test_synthesis_limit_comes_from_the_training_data(tmp_path, monkeypatch):
     from s4speech.io.kaldi import Utterance, write_kaldi_dir
-    from s4speech.pipeline.tts import MAXLEN_MARGIN, synth_maxlenratio
+    from s4speech.pipeline.tts import MAXLEN_MARGIN, limit_text, synth_limit
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tts.yaml").write_text(yaml.safe_dump({"feats_extract_conf": {"fs": 8000, "hop_length": 80}}))
     r = TTSRecipe("none", tts_configs=[str(tmp_path / "tts.yaml")])
     d = r.filtered(r.train_set)
     write_kaldi_dir(d, [Utterance("a", "s", "a.wav", "hello there"), Utterance("b", "s", "b.wav", "one")])
-    (d / "utt2num_samples").write_text("a 16000\nb 8000\n")  # 200 frames / 12 chars, 100 frames / 4 ("one" + 1)
-    assert synth_maxlenratio(r) == round(MAXLEN_MARGIN * 100 / 4, 1)
-    assert synth_maxlenratio(TTSRecipe("none", tts_configs=r.tts_configs, maxlenratio=7.0)) == 7.0
+    (d / "utt2num_samples").write_text("a 16000\nb 16000\n")  # 200 frames each: 11 chars, 3 chars (+ silence)
+    b = MAXLEN_MARGIN * 400 / 14  # frames per character of all the training data, with the margin
+    a, slope = synth_limit(r)
+    assert slope == round(b, 2) and a == round(200 - b * 4, 1) > 0  # "one" (+1) fits exactly: its silence is a
+    assert a + slope * 12 >= 200 and a + slope * 4 >= 200 - 0.1  # every training utterance can be completed
+    assert "from the training data" in limit_text(r)
+    given = TTSRecipe("none", tts_configs=r.tts_configs, maxlenratio=7.0)
+    assert synth_limit(given) is None and limit_text(given).startswith("maxlenratio 7.0")

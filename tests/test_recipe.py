@@ -29,7 +29,8 @@ def test_config_builds_and_runs_through_espnet(cfg):
     conf = yaml.safe_load(cfg.read_text())
     torch.manual_seed(0)
     model = build(cfg).eval()
-    assert type(model.decoder).__name__ == {"ssm": "SSMDecoder", "transformer": "TransformerDecoder"}[conf["decoder"]]
+    assert type(model.decoder).__name__ == {"ssm": "SSMDecoder", "transformer": "TransformerDecoder",
+                                            "s4": "S4Decoder"}[conf["decoder"]]
     assert type(model.encoder).__name__ == {"ssm": "SSMEncoder", "conformer": "ConformerEncoder"}[conf["encoder"]]
     fs = int(str(conf["frontend_conf"]["fs"]).replace("k", "000"))
     speech = torch.randn(2, fs // 2) * 0.1
@@ -37,14 +38,30 @@ def test_config_builds_and_runs_through_espnet(cfg):
         loss, stats, _ = model(speech, torch.tensor([fs // 2, fs // 3]), torch.tensor([[3, 4, 5], [6, 7, 0]]), torch.tensor([3, 2]))
     assert torch.isfinite(loss)
     if conf["decoder"] == "ssm":  # the comparison is fair: the baseline differs only in its decoder ...
-        twin = cfg.with_name(cfg.name.replace("_ssm.yaml", "_transformer.yaml"))
+        twins = [cfg.with_name(cfg.name.replace("_ssm.yaml", "_transformer.yaml"))]
+        if cfg.parent.name == "demo":  # the demo's third system: ESPnet's own S4 decoder
+            twins.append(cfg.with_name("asr_espnet_s4.yaml"))
         # ... except where the published ESPnet recipes differ (LibriSpeech: the S4-decoder recipe trains
         # 60 epochs with AdamW, its Conformer baseline 50 with Adam): ours follow them (tests/test_configs.py)
         published = {"max_epoch", "optim", "optim_conf", "exclude_weight_decay"} if cfg.parent.name == "librispeech" else set()
-        if twin.exists():
+        for twin in filter(Path.exists, twins):
             other = yaml.safe_load(twin.read_text())
             assert {k: v for k, v in conf.items() if not k.startswith("decoder") and k not in published} == \
                    {k: v for k, v in other.items() if not k.startswith("decoder") and k not in published}
+
+
+def test_demo_espnet_s4_system_is_the_published_layer_list_at_the_demo_size():
+    """conf/demo/asr_espnet_s4.yaml: ESPnet's LibriSpeech S4-decoder layers (s4 -> mha -> ff), sized as ours."""
+    published = yaml.safe_load((ROOT / "tests/data/espnet/librispeech/train_asr_s4_decoder.yaml").read_text())["decoder_conf"]
+    theirs = yaml.safe_load((ROOT / "conf/demo/asr_espnet_s4.yaml").read_text())["decoder_conf"]
+    ours = yaml.safe_load((ROOT / "conf/demo/asr_ssm.yaml").read_text())["decoder_conf"]
+    assert [layer["_name_"] for layer in theirs["layer"]] == [layer["_name_"] for layer in published["layer"]]
+    s4, mha, ff = theirs["layer"]
+    assert theirs["n_layers"] == ours["num_blocks"] and mha["n_head"] == ours["attention_heads"]
+    assert s4["d_state"] == ours["d_state"] and s4["lr"] == ours["ssm_lr"] and s4["measure"] == "legs"
+    assert {k: v for k, v in published.items() if k not in ("n_layers", "layer", "drop_path")} == \
+           {k: v for k, v in theirs.items() if k not in ("n_layers", "layer", "drop_path")}
+    assert theirs["drop_path"] == ours.get("drop_path", 0.0)  # as ours (the demo has none)
 
 
 def test_ssm_parameters_get_their_own_optimizer_group_through_espnet():

@@ -11,7 +11,9 @@ cycled with 0.3-0.8 s pauses, or ``--wavs``). Each (model, way) runs in a fresh 
   prefix scorer), then ``transcribe`` with its defaults (energy segmentation, batched encoder,
   beam search per segment, CTC word alignment);
 - ``espnet``: ``espnet2.bin.asr_inference.Speech2Text`` (ESPnet's loader, its CTC prefix scorer),
-  the whole recording decoded as one utterance, as ``asr_inference`` does.
+  the whole recording decoded as one utterance, as ``asr_inference`` does;
+- ``espnet+fast CTC``: the same with s4speech's CTC prefix scorer swapped in (``use_fast_ctc``, as
+  ``s4speech.bin.asr_inference`` and the recipes decode): the same search, only the CTC differs.
 
 Same beam (4) and CTC weight (0.3) for both. Time is wall-clock: ``import torch``; load (everything
 else up to a model ready to decode); then, inside the decode, the encoder (``encode``), the decoder
@@ -32,7 +34,7 @@ from pathlib import Path
 from s4speech.bench.sections import write_between
 
 MARKERS = "<!-- breakdown-bench -->", "<!-- /breakdown-bench -->"
-WAYS = ("s4speech", "espnet")
+WAYS = ("s4speech", "espnet", "espnet+fast CTC")
 PARTS = ("encoder", "decoder", "ctc", "alignment")
 BEAM, CTC_WEIGHT = 4, 0.3
 
@@ -98,6 +100,7 @@ def child(way: str, model: str, wav: str, threads: int) -> dict:
         if res.error:
             raise SystemExit(res.error)
         text, segments, decoder = res.text, len(res.segments), type(m.asr.decoder).__name__
+        n_tokens = len(m.s2t.tokenizer.text2tokens(text)) if text else 0
     else:
         from s4speech.transcribe.model import _speech2text_class
 
@@ -105,16 +108,20 @@ def child(way: str, model: str, wav: str, threads: int) -> dict:
         s2t = _speech2text_class()(asr_train_config=str(loadable_config(cfg)), asr_model_file=str(pth), device="cpu",
                                    beam_size=BEAM, ctc_weight=CTC_WEIGHT, lm_weight=0.0, nbest=1, maxlenratio=0.0,
                                    minlenratio=0.0)
+        if way == "espnet+fast CTC":
+            from s4speech.asr.ctc import use_fast_ctc
+
+            use_fast_ctc(s2t)
         t_load = time.perf_counter() - t0 - t_torch
         instrument(clock, s2t)
         t1 = time.perf_counter()
         x, _ = sf.read(wav, dtype="float32")
         with torch.no_grad():
-            text = s2t(x)[0][0]
-        segments, decoder = 1, type(s2t.asr_model.decoder).__name__
+            text, _, token_int, _ = s2t(x)[0]
+        segments, decoder, n_tokens = 1, type(s2t.asr_model.decoder).__name__, len(token_int)
     decode = time.perf_counter() - t1
     return {"way": way, "model": model, "decoder_class": decoder, "torch": t_torch, "load": t_load, "decode": decode,
-            **clock.s, "rest": decode - sum(clock.s.values()), "segments": segments, "text": text,
+            **clock.s, "rest": decode - sum(clock.s.values()), "segments": segments, "text": text, "tokens": n_tokens,
             "duration": sf.info(wav).duration, "threads": torch.get_num_threads()}
 
 
@@ -135,15 +142,18 @@ def table(rows: list[dict], ref: str, argv: list[str], machine: str, load: tuple
              f"one process per row; load average {load[0]:.2f} before, {load[1]:.2f} after. Recording: "
              f"{rows[0]['duration']:.1f} s of real speech (Asterisk test prompts joined). Beam {BEAM}, CTC weight "
              f"{CTC_WEIGHT}, no LM. Seconds of wall time; encoder / decoder / CTC / alignment are the time inside "
-             "those calls during the decode, rest = decode - their sum (search bookkeeping, segmentation, audio).\n",
-             "|model|decoder|way|import torch|load|encoder|decoder|CTC|alignment|rest|decode|total|RTF (decode)|WER (%)|",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "those calls during the decode, rest = decode - their sum (search bookkeeping, segmentation, audio); "
+             "search/token = (decode - encoder - alignment) / output tokens, in ms.\n",
+             "|model|decoder|way|import torch|load|encoder|decoder|CTC|alignment|rest|decode|total|RTF (decode)|"
+             "tokens|search/token (ms)|WER (%)|",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         wer = score({"r": ref}, {"r": r["text"]})["wer"]["Err"]
         total = r["torch"] + r["load"] + r["decode"]
         lines.append(f"|`{Path(r['model']).name}`|{r['decoder_class']}|{r['way']}"
                      + "".join(f"|{r[k]:.2f}" for k in ("torch", "load", *PARTS, "rest", "decode"))
-                     + f"|{total:.2f}|{r['decode'] / r['duration']:.3f}|{wer:.1f}|")
+                     + f"|{total:.2f}|{r['decode'] / r['duration']:.3f}|{r['tokens']}|"
+                     f"{(r['decode'] - r['encoder'] - r['alignment']) / max(1, r['tokens']) * 1e3:.2f}|{wer:.1f}|")
     return "\n".join(lines) + "\n"
 
 

@@ -89,7 +89,7 @@ def _measure(m: dict, fmt: str, scale: float = 1.0) -> str:
 
 
 def write_tts_report(r) -> Path:
-    from s4speech.pipeline.tts import MAXLEN_MARGIN, count_params, synth_maxlenratio
+    from s4speech.pipeline.tts import count_params, limit_text
 
     rows, long_rows, cer, natural, fpc = [], [], [], {}, None
     for cfg in r.tts_configs:
@@ -116,9 +116,7 @@ def write_tts_report(r) -> Path:
     parts = [f"# TTS results: {r.corpus}\n",
              f"Produced by `python -m s4speech.recipe --task tts --corpus {r.corpus} ...` (stage 9) on "
              f"{device_name(r.launch.ngpu)}. Waveforms by Griffin-Lim ({r.griffin_lim_iters} iterations); synthesis with "
-             f"threshold {r.threshold}, maxlenratio {synth_maxlenratio(r)} "
-             + ("(given)" if r.maxlenratio > 0 else f"(the training data's largest frames per (character + 1), "
-                f"x {MAXLEN_MARGIN})") + ", long inputs not split.\n",
+             f"threshold {r.threshold}, {limit_text(r)}, long inputs not split.\n",
              "Systems: " + ", ".join(f"`{c}`" for c in r.tts_configs) + "\n",
              "## Objective measures against the natural recordings\n",
              "MCD: mel cepstral distortion (dB, c1-c24 of the WORLD envelope warped to the mel scale, DTW); "
@@ -135,7 +133,7 @@ def write_tts_report(r) -> Path:
                   "|system|set|utts|chars|CER (%)|WER (%)|", "|---|---|---|---|---|---|", *cer, ""]
     parts += ["## Long inputs\n",
               f"{r.n_long} inputs of >= {r.long_chars} characters (consecutive test sentences joined). No stop: no "
-              "stop token within maxlenratio; early stop: fewer than half the frames the text needs at the training "
+              "stop token within the limit; early stop: fewer than half the frames the text needs at the training "
               f"data's rate ({fpc:.2f} frames per character).\n",
               "|system|inputs|mean chars|no stop|early stop|failed (%)|RTF|", "|---|---|---|---|---|---|---|",
               *long_rows, ""]

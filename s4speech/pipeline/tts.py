@@ -31,7 +31,7 @@ class TTSRecipe(DataRecipe):
     max_sec: float = 20.0
     train_args: list[str] = field(default_factory=list)
     threshold: float = 0.5
-    maxlenratio: float = 0.0  # frames per (input token + 1); 0: from the training data (see synth_maxlenratio)
+    maxlenratio: float = 0.0  # frames per (input token + 1); 0: from the training data (synth_limit)
     griffin_lim_iters: int = 32
     n_long: int = 10  # long inputs (joined test sentences) for the failure rate
     long_chars: int = 400  # ... of at least this many characters
@@ -139,8 +139,8 @@ def stage_synthesize(r: TTSRecipe) -> None:
             if done(out):
                 continue
             if syn is None:  # the model as it is: no splitting of long inputs
-                syn = Synthesizer(sysdir, threshold=r.threshold, maxlenratio=synth_maxlenratio(r),
-                                  griffin_lim_iters=r.griffin_lim_iters, chunk_chars=10**6, max_chars=10**6)
+                syn = Synthesizer(sysdir, threshold=r.threshold, maxlenratio=r.maxlenratio,
+                                  max_frames=synth_limit(r), griffin_lim_iters=r.griffin_lim_iters, chunk_chars=10**6, max_chars=10**6)
             records = []
             for utt, text in tqdm(sorted(texts.items()), desc=f"{sysdir.name}/{s}", unit="utt", file=sys.stderr):
                 res = syn(text)
@@ -154,7 +154,7 @@ def stage_synthesize(r: TTSRecipe) -> None:
             mark_done(out)
 
 
-MAXLEN_MARGIN = 1.2  # synthesis may run this much past the slowest training utterance
+MAXLEN_MARGIN = 1.2  # the synthesis limit's frames per character: this much above the training data's
 
 
 def _train_frames(r: TTSRecipe) -> list[tuple[int, float]]:
@@ -173,17 +173,28 @@ def frames_per_char(r: TTSRecipe) -> float:
     return sum(f for _, f in utts) / max(1, sum(c for c, _ in utts))
 
 
-def synth_maxlenratio(r: TTSRecipe) -> float:
-    """The synthesis limit (frames per input token + 1, as ESPnet's maxlenratio): ``--maxlenratio`` when
-    given, else the largest ratio of any training utterance times MAXLEN_MARGIN, so that a test sentence
-    spoken like the training data can be completed and a "no stop" is the model's, not the limit's
-    (the demo's prompts carry silence at both ends: a short prompt needs ~35 frames per character)."""
+def synth_limit(r: TTSRecipe) -> tuple[float, float] | None:
+    """The synthesis limit from the training data, (a, b): at most a + b * (tokens + 1) frames.
+
+    b = MAXLEN_MARGIN x the training data's frames per character (all of it, silences included);
+    a = the most any training utterance needs beyond b per character (the silence at both ends of a
+    short prompt), so that every text spoken like the training data can be completed and a "no stop"
+    is the model's, not the limit's. None when ``--maxlenratio`` is given (a + b * n with a = 0)."""
     if r.maxlenratio > 0:
-        return r.maxlenratio
+        return None
     utts = _train_frames(r)
     if not utts:
-        raise StageError(f"no training utterances in {r.filtered(r.train_set)} to set maxlenratio from")
-    return round(MAXLEN_MARGIN * max(f / (c + 1) for c, f in utts), 1)
+        raise StageError(f"no training utterances in {r.filtered(r.train_set)} to set the synthesis limit from")
+    b = MAXLEN_MARGIN * frames_per_char(r)
+    return round(max(0.0, max(f - b * (c + 1) for c, f in utts)), 1), round(b, 2)
+
+
+def limit_text(r: TTSRecipe) -> str:
+    lim = synth_limit(r)
+    if lim is None:
+        return f"maxlenratio {r.maxlenratio} (at most {r.maxlenratio} x (characters + 1) frames)"
+    return (f"at most {lim[0]:g} + {lim[1]:g} x (characters + 1) frames, from the training data ({MAXLEN_MARGIN} x "
+            f"its frames per character; the constant lets its slowest utterance fit)")
 
 
 def _records(d: Path) -> list[dict]:

@@ -109,7 +109,10 @@ class Synthesizer:
                  device: str = "cpu", threshold: float = 0.5, minlenratio: float = 0.0, maxlenratio: float = 10.0,
                  griffin_lim_iters: int = 32, chunk_chars: int = 200, max_chars: int = 5000, pause: float = 0.15,
                  seed: int = 0, use_att_constraint: bool = False, backward_window: int = 1, forward_window: int = 3,
-                 stop_on_attention: bool = True, end_window: int = 3):
+                 stop_on_attention: bool = True, end_window: int = 3,
+                 max_frames: tuple[float, float] | None = None):
+        """``max_frames`` = (a, b): the synthesis limit per piece is a + b * (tokens + 1) frames instead of
+        maxlenratio * (tokens + 1) (a text's silence at both ends does not grow with its length)."""
         from s4speech.tts.inference import Text2Speech  # registers tts: ssm
         from s4speech.tts.model import SSMTTS
 
@@ -118,7 +121,7 @@ class Synthesizer:
         cfg, pth = model_files(model, "tts")
         cfg = loadable_config(cfg)  # statistics written relative to the recipe dir
         self.chunk_chars, self.max_chars, self.pause = chunk_chars, max_chars, pause
-        self.threshold, self.maxlenratio = threshold, maxlenratio
+        self.threshold, self.maxlenratio, self.max_frames = threshold, maxlenratio, max_frames
         try:
             self.t2s = Text2Speech(train_config=str(cfg), model_file=str(pth), device=device, threshold=threshold,
                                    minlenratio=minlenratio, maxlenratio=maxlenratio, vocoder_config=vocoder_config,
@@ -185,13 +188,17 @@ class Synthesizer:
     # ---- synthesis -------------------------------------------------------------------------
     def synthesize_piece(self, text: str) -> tuple[Piece, dict]:
         t0 = time.perf_counter()
-        out = self.t2s(text)
         n_tok = len(self.t2s.preprocess_fn("<dummy>", dict(text=text))["text"])
+        ratio = self.maxlenratio
+        if self.max_frames is not None:
+            a, b = self.max_frames
+            ratio = (a + b * (n_tok + 1)) / (n_tok + 1)
+        out = self.t2s(text, decode_conf={"maxlenratio": ratio})
         r = self.reduction_factor
         prob = out.get("prob")
         att = out.get("att_w")
         steps = int(att.shape[-2]) if att is not None and att.dim() == 4 else int(out["feat_gen"].shape[0]) // r
-        maxlen = max(1, int((n_tok + 1) * self.maxlenratio / r))
+        maxlen = max(1, int((n_tok + 1) * ratio / r))
         stopped = bool(prob is not None and (prob[-r:] >= self.threshold).any())
         if self.stop_on_attention:  # a stop probability >= threshold may have been overruled: tts: ssm ends
             stopped = steps < maxlen  # before maxlen only on a stop (one exactly at maxlen counts as none)
