@@ -90,7 +90,9 @@ def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
                  for k, t in (("ssm", 1.0), ("s4", 5.0), ("transformer", 6.0))]}
     js, out = tmp_path / "r.json", tmp_path / "B.md"
     js.write_text(json.dumps(res))
-    out.write_text("x\n<!-- analysis -->\nkept words\n<!-- /analysis -->\n")
+    out.write_text("x\n<!-- analysis -->\nkept words\n<!-- /analysis -->\n"
+                   "<!-- step-compare -->\nstep table\n<!-- /step-compare -->\n"
+                   "<!-- breakdown-bench -->\nbreakdown table\n<!-- /breakdown-bench -->\n")
     # a process of its own, as from the shell: the benchmark sets threads, warnings and logging globally
     p = subprocess.run([sys.executable, "-m", "s4speech.bench", "--only", "a2", "--update", "--json", str(js),
                         "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -100,6 +102,26 @@ def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
     assert [u["argv"][:2] for u in new["updates"]] == [["--only", "a2"]]
     text = out.read_text()
     assert "kept words" in text and "## (a2)" in text and "then: `python -m s4speech.bench --only a2" in text
+    assert "step table" in text and "breakdown table" in text  # the separate benchmarks' sections are kept
+
+
+def test_breakdown_clock_counts_nested_calls_of_a_part_once():
+    import time
+
+    from s4speech.bench.breakdown import Clock
+
+    clock = Clock()
+
+    class Scorer:
+        def batch_score(self, depth):
+            time.sleep(0.02)
+            return self.batch_score(depth - 1) if depth else "done"
+
+    sc = Scorer()
+    clock.patch(sc, "decoder", ["batch_score", "missing_method"])
+    assert sc.batch_score(2) == "done"
+    assert 0.06 <= clock.s["decoder"] < 0.5  # three nested calls: the outer one's time, not 0.02 + 0.04 + 0.06
+    assert clock.s["ctc"] == 0.0
 
 
 # ------------------------------------------------------------------------- the README's summary

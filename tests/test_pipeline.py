@@ -163,3 +163,12 @@ def test_synthesis_limit_comes_from_the_training_data(tmp_path, monkeypatch):
     assert "from the training data" in limit_text(r)
     given = TTSRecipe("none", tts_configs=r.tts_configs, maxlenratio=7.0)
     assert synth_limit(given) is None and limit_text(given).startswith("maxlenratio 7.0")
+
+
+def test_systems_side_by_side_only_on_cpu(tmp_path):
+    from s4speech.pipeline.train import Launch, train_systems
+
+    r = ASRRecipe("none", asr_configs=["a.yaml", "b.yaml"], expdir=tmp_path, train_jobs=2, launch=Launch(ngpu=1))
+    with pytest.raises(StageError, match="side by side on CPU"):
+        train_systems(r, "asr", [])
+    assert cli.build(cli.parse(["--corpus", "none", "--asr_config", "a.yaml", "--train_jobs", "3"])).train_jobs == 3

@@ -4,6 +4,7 @@ LM, training, decoding (with and without the LM), scoring, long-form, report, pa
 import json
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest

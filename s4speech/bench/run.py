@@ -69,14 +69,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def write_reports(res: dict, argv, out: Path, readme: Path | None) -> None:
-    """--out from ``res`` (keeping its analysis section and the data-stage section of ``bench data``), and
-    the summary into --readme."""
+    """--out from ``res`` (keeping its analysis section and the sections the separate benchmarks write:
+    ``bench data``, ``bench.step``, ``bench.breakdown``), and the summary into --readme."""
+    from s4speech.bench import breakdown
     from s4speech.bench.data import MARKERS as DATA_MARKERS
 
     old = out.read_text(encoding="utf-8") if out.exists() else ""
     new = report(res, argv, between(old, *ANALYSIS) or "")
-    data_section = between(old, *DATA_MARKERS)
-    atomic_write(out, new if data_section is None else replace_between(new, *DATA_MARKERS, data_section))
+    for markers in (step.MARKERS, breakdown.MARKERS, DATA_MARKERS):
+        kept = between(old, *markers)
+        if kept is not None:
+            new = replace_between(new, *markers, kept)
+    atomic_write(out, new)
     if readme:
         write_between(readme, *SUMMARY_MARKERS, summary(res), missing="error")
 

@@ -12,6 +12,9 @@ PREFIXES = [16, 128, 512, 1024, 2048]  # L
 SIZES = [(256, 200), (256, 1000), (512, 200), (512, 1000)]  # (d, encoder T); --quick: the first
 
 
+MARKERS = "<!-- step-compare -->", "<!-- /step-compare -->"
+
+
 def ssm_step_call(dec, x, ys, perm):
     """Our ``batch_score`` of the last token of ``ys`` (BEAM, L) against memory ``x`` (T, d), as a
     no-argument callable: the (BEAM, d, N) states of an L - 1 token prefix (random contents), rows
@@ -145,17 +148,32 @@ def main(argv=None) -> None:
     p.add_argument("--vocab", type=int, default=500)
     p.add_argument("--reps", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="also write the table between the step-compare markers of this file")
     a = p.parse_args(argv)
     torch = env.setup(a.threads)
     load0 = env.load()
     r = compare_step(a.d, a.T, vocab=a.vocab, reps=a.reps)
-    print(f"d {a.d}, enc T {a.T}, vocab {a.vocab}, beam {BEAM}, {torch.get_num_threads()} threads; "
-          f"load {load0} -> {env.load()}; first compiled call {r['compile_s']:.1f} s; "
-          f"max |compiled - eager| {r['max_abs_diff']:.1e}, max |int8 - eager| {r['int8_max_abs_diff']:.1e} (log-probs)")
-    for k in ("eager", "compiled", "int8", "espnet s4"):
-        print(f"  {k:10s} median {r[k]['median']:6.2f} ms   best {r[k]['best']:6.2f} ms")
     floor = flops_ssm_step(BEAM, a.d, a.T, vocab=a.vocab) / (env.matmul_rate() * 1e9) * 1e3
-    print(f"  FLOP floor {floor:.2f} ms (flops_ssm_step / this process' 2048^3 matmul rate)")
+    import sys
+
+    from s4speech.io.machine import cpu_model
+
+    lines = [f"Command: `python -m s4speech.bench.step {' '.join(sys.argv[1:] if argv is None else argv)}`; CPU: "
+             f"{cpu_model()}, {torch.get_num_threads()} threads, one process, calls interleaved, {a.reps} repetitions; "
+             f"load average {load0} before, {env.load()} after. d {a.d}, encoder T {a.T}, vocabulary {a.vocab}, beam "
+             f"{BEAM}, prefix length 16. First compiled call {r['compile_s']:.1f} s; largest difference from the "
+             f"eager step's log-probabilities: compiled {r['max_abs_diff']:.1e}, int8 {r['int8_max_abs_diff']:.1e}. "
+             f"FLOP floor {floor:.2f} ms (flops_ssm_step / this process' 2048^3 matmul rate).\n",
+             "|step|median (ms)|best (ms)|ESPnet s4 / this (best)|this / FLOP floor (best)|", "|---|---|---|---|---|"]
+    for k in ("eager", "compiled", "int8", "espnet s4"):
+        lines.append(f"|{k}|{r[k]['median']:.2f}|{r[k]['best']:.2f}|{r['espnet s4']['best'] / r[k]['best']:.1f}|"
+                     f"{r[k]['best'] / floor:.1f}|")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.out:
+        from s4speech.bench.sections import write_between
+
+        write_between(a.out, *MARKERS, text)
 
 
 if __name__ == "__main__":

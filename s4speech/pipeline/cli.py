@@ -53,6 +53,8 @@ def get_parser(task: str) -> argparse.ArgumentParser:
     p.add_argument("--max_sec", type=float, default=30.0 if task == "asr" else 20.0)
     p.add_argument("--nj", type=int, default=4, help="processes of the data stages")
     p.add_argument("--audio_format", choices=["flac", "wav"], default="flac", help="audio the data stages write")
+    p.add_argument("--train_jobs", type=int, default=1,
+                   help="systems trained side by side (CPU only; the cores shared out among them)")
     p.add_argument("--train_args", default="", help="extra options for ESPnet's training, e.g. '--max_epoch 3'")
     g = p.add_argument_group("training on GPUs and nodes")
     g.add_argument("--ngpu", type=int, default=0, help="GPUs per node")

@@ -50,6 +50,7 @@ class DataRecipe:
     audio_format: str = "flac"  # what the data stages write when they must write audio
     speed_perturb_factors: list[float] = field(default_factory=list)
     launch: Launch = field(default_factory=Launch)  # how training runs (GPUs, processes, nodes)
+    train_jobs: int = 1  # systems trained side by side (CPU; the cores shared out)
     results: Path = Path("RESULTS.md")  # the report, beside run.sh
 
     task = "asr"  # what the configs train ("asr" or "tts": which key holds the sample rate)

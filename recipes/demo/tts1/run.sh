@@ -7,4 +7,4 @@ root=../../..
 corpus=downloads; [ -d ../asr1/downloads/usr ] && corpus=../asr1/downloads  # the ASR demo's copy, if fetched
 exec "${PYTHON:-$root/.venv/bin/python}" -m s4speech.recipe --task tts --corpus asterisk --corpus_dir $corpus \
   --tts_config $root/conf/demo/tts_ssm.yaml --tts_config $root/conf/demo/tts_transformer.yaml \
-  --asr_model ../asr1/exp/asr_asr_ssm --n_long 6 --long_chars 300 --num_workers 1 -- "$@"
+  --asr_model ../asr1/exp/asr_asr_ssm --n_long 6 --long_chars 300 --train_jobs 2 --num_workers 1 -- "$@"
