@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -126,13 +125,10 @@ def child(way: str, model: str, wav: str, threads: int) -> dict:
 
 
 def run_child(way: str, model: str, wav: Path, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "s4speech.bench.breakdown", "--_child", way, model, str(wav), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
-    if proc.returncode != 0 or line is None:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"bench run failed: {' '.join(cmd)}")
-    return json.loads(line[6:])
+    from s4speech.bench.cases import child_json
+
+    return child_json([sys.executable, "-m", "s4speech.bench.breakdown", "--_child", way, model, wav,
+                       "--threads", threads])
 
 
 def table(rows: list[dict], ref: str, argv: list[str], machine: str, load: tuple[float, float]) -> str:

@@ -26,6 +26,17 @@ def run_case(spec: dict, threads: int, timeout: float = 1800, env: dict | None =
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def child_json(cmd: list) -> dict:
+    """Run a benchmark's child process ``cmd``: the JSON it printed after ``BENCH ``; its stderr's tail and
+    the command when it failed."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"bench run failed: {' '.join(map(str, cmd))}")
+    return json.loads(line[6:])
+
+
 def first_call(fn) -> dict:
     """Call ``fn()`` once: its time (s, "first") and the peak resident memory it added (bytes, "peak_delta":
     VmHWM, reset just before, minus the RSS just before; "peak_valid" False if the peak could not be reset

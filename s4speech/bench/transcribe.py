@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -118,12 +117,9 @@ def run_child(model: str, wav: Path, threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "s4speech.bench.transcribe", "--model", model, "--_child", model, str(wav)]
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("BENCH ")), None)
-    if proc.returncode != 0 or line is None:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        raise SystemExit(f"bench run failed: {' '.join(cmd)}")
-    return json.loads(line[6:])
+    from s4speech.bench.cases import child_json
+
+    return child_json(cmd)
 
 
 def _load5() -> float:
@@ -176,9 +172,6 @@ def main(argv=None) -> int:
 
     import jiwer
     import torch
-    import yaml
-
-    import s4speech.transcribe as T
 
     work = Path(args.work_dir)
     from s4speech.io.expdir import ESPNET_DEFAULT_FS, config_rate, load_config, model_files
