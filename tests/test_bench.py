@@ -91,8 +91,9 @@ def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
     js, out = tmp_path / "r.json", tmp_path / "B.md"
     js.write_text(json.dumps(res))
     out.write_text("x\n<!-- analysis -->\nkept words\n<!-- /analysis -->\n"
-                   "<!-- step-compare -->\nstep table\n<!-- /step-compare -->\n"
-                   "<!-- breakdown-bench -->\nbreakdown table\n<!-- /breakdown-bench -->\n")
+                   "<!-- decoding-bench -->\n## (g) words around\n<!-- step-compare -->\nstep table\n"
+                   "<!-- /step-compare -->\n<!-- breakdown-bench -->\nbreakdown table\n<!-- /breakdown-bench -->\n"
+                   "<!-- /decoding-bench -->\n")
     # a process of its own, as from the shell: the benchmark sets threads, warnings and logging globally
     p = subprocess.run([sys.executable, "-m", "s4speech.bench", "--only", "a2", "--update", "--json", str(js),
                         "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -103,6 +104,7 @@ def test_update_replaces_only_the_tables_run_and_keeps_the_rest(tmp_path):
     text = out.read_text()
     assert "kept words" in text and "## (a2)" in text and "then: `python -m s4speech.bench --only a2" in text
     assert "step table" in text and "breakdown table" in text  # the separate benchmarks' sections are kept
+    assert text.count("## (g) words around") == 1 and text.count("<!-- step-compare -->") == 1  # with their prose
 
 
 def test_breakdown_clock_counts_nested_calls_of_a_part_once():

@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+DECODING_MARKERS = "<!-- decoding-bench -->", "<!-- /decoding-bench -->"  # section (g): prose + the two tables
+
+
 def write_reports(res: dict, argv, out: Path, readme: Path | None) -> None:
     """--out from ``res`` (keeping its analysis section and the sections the separate benchmarks write:
     ``bench data``, ``bench.step``, ``bench.breakdown``), and the summary into --readme."""
@@ -76,7 +79,7 @@ def write_reports(res: dict, argv, out: Path, readme: Path | None) -> None:
 
     old = out.read_text(encoding="utf-8") if out.exists() else ""
     new = report(res, argv, between(old, *ANALYSIS) or "")
-    for markers in (step.MARKERS, breakdown.MARKERS, DATA_MARKERS):
+    for markers in (DECODING_MARKERS, step.MARKERS, breakdown.MARKERS, DATA_MARKERS):  # the outer block first
         kept = between(old, *markers)
         if kept is not None:
             new = replace_between(new, *markers, kept)

@@ -8,7 +8,8 @@ from s4speech.metrics.asr import wer_vs_length
 
 
 def plot_wer_vs_length(runs: dict[str, list[tuple[Path, Path]]], png: Path) -> Path:
-    """Long-form: WER of each recording against its length, one line per system.
+    """Long-form: WER of each recording against its length (dots), one line per system through each
+    set's mean length and mean WER (a set per target length, e.g. 10 recordings of >= 30 s).
 
     runs: {system: [(dumped test set, its decode dir), ...]}.
     """
@@ -18,9 +19,12 @@ def plot_wer_vs_length(runs: dict[str, list[tuple[Path, Path]]], png: Path) -> P
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, sets in sorted(runs.items()):
-        pts = sorted(p for dump_set, dec in sets for p in wer_vs_length(dump_set, dec))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    for i, (name, sets) in enumerate(sorted(runs.items())):
+        per_set = [wer_vs_length(dump_set, dec) for dump_set, dec in sets]
+        pts = sorted(p for s in per_set for p in s)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, alpha=0.35, color=f"C{i}")
+        means = sorted((sum(x for x, _ in s) / len(s), sum(w for _, w in s) / len(s)) for s in per_set if s)
+        ax.plot([m[0] for m in means], [m[1] for m in means], marker="o", color=f"C{i}", label=name)
     ax.set_xlabel("recording length (s)")
     ax.set_ylabel("WER (%)")
     ax.set_title("Long-form decoding (each recording decoded whole)")
