@@ -185,7 +185,7 @@ def synth_limit(r: TTSRecipe) -> tuple[float, float] | None:
     utts = _train_frames(r)
     if not utts:
         raise StageError(f"no training utterances in {r.filtered(r.train_set)} to set the synthesis limit from")
-    b = MAXLEN_MARGIN * frames_per_char(r)
+    b = MAXLEN_MARGIN * sum(f for _, f in utts) / max(1, sum(c for c, _ in utts))  # as frames_per_char
     return round(max(0.0, max(f - b * (c + 1) for c, f in utts)), 1), round(b, 2)
 
 
