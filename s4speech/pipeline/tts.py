@@ -167,9 +167,9 @@ def _train_frames(r: TTSRecipe) -> list[tuple[int, float]]:
     return [(len(t), n[u] / int(hop)) for u, t in read_table(d / "text").items()]
 
 
-def frames_per_char(r: TTSRecipe) -> float:
-    """Feature frames per character in the (filtered) training data."""
-    utts = _train_frames(r)
+def frames_per_char(r: TTSRecipe, utts: list[tuple[int, float]] | None = None) -> float:
+    """Feature frames per character in the (filtered) training data (``utts``: its ``_train_frames``)."""
+    utts = _train_frames(r) if utts is None else utts
     return sum(f for _, f in utts) / max(1, sum(c for c, _ in utts))
 
 
@@ -185,7 +185,7 @@ def synth_limit(r: TTSRecipe) -> tuple[float, float] | None:
     utts = _train_frames(r)
     if not utts:
         raise StageError(f"no training utterances in {r.filtered(r.train_set)} to set the synthesis limit from")
-    b = MAXLEN_MARGIN * sum(f for _, f in utts) / max(1, sum(c for c, _ in utts))  # as frames_per_char
+    b = MAXLEN_MARGIN * frames_per_char(r, utts)
     return round(max(0.0, max(f - b * (c + 1) for c, f in utts)), 1), round(b, 2)
 
 
