@@ -41,7 +41,7 @@ import soundfile as sf
 from s4speech.corpora.cli import corpus_main
 from s4speech.io.audio import write_audio
 from s4speech.io.files import atomic_write
-from s4speech.io.kaldi import Utterance, read_table, write_kaldi_dir
+from s4speech.io.kaldi import KaldiDir, Utterance, write_kaldi_dir
 
 logger = logging.getLogger("s4speech.corpora.asterisk")  # also when run as __main__
 
@@ -295,8 +295,8 @@ def _load_8k(wav: Path) -> np.ndarray:
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _long_recordings(test: Sequence[Utterance], out_dir: Path, target: float,
-                     n: int) -> tuple[list[Utterance], str]:
+def _long_recordings(test: Sequence[Utterance], out_dir: Path, target: float, n: int,
+                     cache: dict[str, np.ndarray]) -> tuple[list[Utterance], str]:
     """Concatenate test prompts into ``n`` recordings of at least ``target`` seconds; returns utterances
     and joins lines.
 
@@ -306,7 +306,6 @@ def _long_recordings(test: Sequence[Utterance], out_dir: Path, target: float,
     least its target. A join time is the centre of a pause, in seconds.
     """
     pause = np.zeros(round(PAUSE_S * SAMPLE_RATE), dtype=np.int16)
-    cache: dict[Path, np.ndarray] = {}
     utts, joins, cursor = [], [], 0
     for k in range(n):
         utt_id = f"{SPEAKER}-long{target:g}s-{k:02d}"
@@ -384,23 +383,18 @@ def long_form(data_dir_in: str | Path, data_dir_out: str | Path, durations: Sequ
         raise ValueError(f"long-form durations must be positive numbers, got {list(durations)!r}")
     if per_length < 1:
         raise ValueError(f"per_length must be at least 1, got {per_length}")
-    src = read_dir_utterances(Path(data_dir_in))
+    d_in = KaldiDir.read(data_dir_in)
+    src = [d_in.utterance(u) for u in sorted(d_in.text)]
     if not src:
         raise ValueError(f"{data_dir_in}: no utterances to make long-form recordings from")
-    counts = {}
+    counts, cache = {}, {}  # the prompts' audio, read once for all lengths
     for d in durations:
         out = Path(f"{data_dir_out}_{d:g}s")
-        utts, joins = _long_recordings(src, out / "wav", d, per_length)
+        utts, joins = _long_recordings(src, out / "wav", d, per_length, cache)
         counts[d] = write_kaldi_dir(out, utts)
         atomic_write(out / "joins", joins)
         logger.info("%s: %d recordings, %.1f s", out, counts[d], sum(_duration(u.audio) for u in utts))
     return counts
-
-
-def read_dir_utterances(d: Path) -> list[Utterance]:
-    """The utterances of a Kaldi dir written by ``prepare`` (sorted by id; no ``segments``)."""
-    wavs, texts = read_table(d / "wav.scp"), read_table(d / "text")
-    return [Utterance(u, SPEAKER, wavs[u], texts[u]) for u in sorted(texts)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
