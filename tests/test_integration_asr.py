@@ -148,3 +148,36 @@ def test_two_process_training_on_cpu_writes_the_usual_checkpoints(asr_recipe_run
             "print('LOADED', type(m.decoder).__name__, a.distributed)\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300)
     assert "LOADED SSMDecoder True" in p.stdout, p.stderr[-2000:]
+
+
+@pytest.mark.parametrize("system", ["asr_asr_ssm", "asr_asr_transformer"])
+def test_batched_decoding_gives_the_one_at_a_time_results(asr_recipe_run, system, tmp_path):
+    """``s4speech.bin.asr_inference --batch_size 3`` (utterances beam-searched together) writes what
+    ``--batch_size 1`` (ESPnet's own loop) writes: the same text and tokens, the same scores."""
+    work, _ = asr_recipe_run
+    wav = read_table(work / "dump/raw/train/wav.scp")
+    keys = sorted(wav)[::7][:6] + sorted(read_table(work / "dump/raw/test/wav.scp"))
+    scp = tmp_path / "wav.scp"
+    wav.update(read_table(work / "dump/raw/test/wav.scp"))
+    scp.write_text("".join(f"{k} {wav[k]}\n" for k in keys))
+    (tmp_path / "keys").write_text("".join(f"{k}\n" for k in keys))
+    out = {}
+    for bs in (1, 3):
+        cmd = [sys.executable, "-m", "s4speech.bin.asr_inference", "--batch_size", str(bs), "--ngpu", "0",
+               "--config", str(ROOT / "conf/demo/decode.yaml"), "--nbest", "2",
+               "--asr_train_config", f"exp/{system}/config.yaml", "--asr_model_file", f"exp/{system}/valid.acc.ave.pth",
+               "--data_path_and_name_and_type", f"{scp},speech,sound", "--key_file", str(tmp_path / "keys"),
+               "--output_dir", str(tmp_path / f"out{bs}")]
+        p = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out[bs] = {(n, f): read_table(tmp_path / f"out{bs}" / f"{n}best_recog" / f)
+                   for n in (1, 2) for f in ("text", "token_int", "score")}
+    for (n, f), ref in out[1].items():
+        got = out[3][(n, f)]
+        assert set(got) == set(ref) == set(keys), (n, f)
+        if f == "score":  # "tensor(-12.3456)"
+            num = lambda s: float(re.search(r"-?[0-9.]+(?:e[-+]?[0-9]+)?", s.replace("tensor", "")).group())
+            assert all(abs(num(got[k]) - num(ref[k])) < 1e-3 for k in keys), (ref, got)
+        elif n == 1:
+            assert got == ref, (ref, got)
+    assert len({out[1][(1, "text")][k] for k in keys}) > 2  # different utterances, different hypotheses

@@ -58,6 +58,8 @@ class SSMDecoder(StrictLoadMixin, AbsDecoder, BatchScorerInterface):
             ``espnet2.bin.asr_inference``, whose decode config cannot reach decoder options).
     """
 
+    multi_utterance = True  # batch_score takes hypotheses of several utterances (s4speech.asr.search)
+
     def __init__(
         self,
         vocab_size: int,

@@ -18,11 +18,16 @@ MARKERS = "<!-- step-compare -->", "<!-- /step-compare -->"
 def ssm_step_call(dec, x, ys, perm):
     """Our ``batch_score`` of the last token of ``ys`` (BEAM, L) against memory ``x`` (T, d), as a
     no-argument callable: the (BEAM, d, N) states of an L - 1 token prefix (random contents), rows
-    permuted by ``perm`` as in a search."""
+    permuted by ``perm`` as in a search, in the layout the decoder's step leaves them in a search (the
+    compiled step's planar (BEAM, d, 2, N/2); ``_planar``), so that no call converts them."""
     import torch
+
+    from s4speech.asr.decoder import _planar
 
     st0 = dec.init_state(x)
     base = [0.1 * torch.randn(BEAM, x.shape[-1], N_STATE) for _ in range(BLOCKS)]
+    if getattr(dec, "_compiled", None) is not None:
+        base = [_planar(b) for b in base]
     states = [dict(st0, ssm=base, row=perm[i], pos=ys.shape[1] - 1) for i in range(BEAM)]
     xs = x.expand(BEAM, *x.shape)
     return lambda: dec.batch_score(ys, states, xs)

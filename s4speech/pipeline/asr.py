@@ -49,6 +49,7 @@ class ASRRecipe(DataRecipe):
     inference_configs: list[str] = field(default_factory=list)
     inference_asr_model: str | None = None  # default: the first of MODEL_FILES["asr"] there is
     inference_nj: int = 2
+    inference_batch_size: int = 8  # utterances beam-searched together (s4speech.bin.asr_inference)
     gpu_inference: bool = False
     use_lm: bool = False
     lm_config: str | None = None
@@ -194,13 +195,15 @@ def lm_perplexity(r: ASRRecipe) -> float:
 # ---- stage 8: decoding ------------------------------------------------------------------------------------
 def decode_sets(r: ASRRecipe, sysdir: Path, sets: list[str], dec: Decoding) -> None:
     """Decode the sets not decoded yet with one system and one decoding: ``--inference_nj`` jobs, each
-    taking its share of every set in one process (ESPnet's asr_inference run per set)."""
+    taking its share of every set in one process (ESPnet's asr_inference run per set), beam-searching
+    ``--inference_batch_size`` utterances of similar lengths together."""
     todo = [s for s in sets if not done(sysdir / dec.name / s)]
     if not todo:
         return
-    keys = {s: sorted(read_table(r.raw(s) / "utt2num_samples")) for s in todo}
+    lengths = {s: read_table(r.raw(s) / "utt2num_samples") for s in todo}
+    keys = {s: sorted(lengths[s]) for s in todo}
     nj = max(1, min(r.inference_nj, max(len(k) for k in keys.values())))
-    common = ["--batch_size", "1", "--ngpu", "1" if r.gpu_inference else "0",
+    common = ["--batch_size", str(r.inference_batch_size), "--ngpu", "1" if r.gpu_inference else "0",
               "--asr_train_config", sysdir / "config.yaml", "--asr_model_file", r.asr_model(sysdir)]
     if dec.config:
         common += ["--config", dec.config]
@@ -212,7 +215,7 @@ def decode_sets(r: ASRRecipe, sysdir: Path, sets: list[str], dec: Decoding) -> N
     for j in range(nj):
         runs = []
         for s in todo:
-            part = keys[s][j::nj]
+            part = sorted(keys[s][j::nj], key=lambda k: -int(lengths[s][k]))  # similar lengths together
             if not part:
                 continue
             split = sysdir / dec.name / s / "split"

@@ -77,6 +77,8 @@ def get_parser(task: str) -> argparse.ArgumentParser:
         p.add_argument("--speed_perturb_factors", type=float, nargs="*", default=[],
                        help="applied on the fly by the training data loader")
         p.add_argument("--inference_nj", type=int, default=None, help="parallel decoding jobs (default: --nj)")
+        p.add_argument("--inference_batch_size", type=int, default=8,
+                       help="utterances beam-searched together by each decoding job (1: one at a time)")
         p.add_argument("--gpu_inference", type=str2bool, default=False)
         p.add_argument("--inference_asr_model", default=None, help="model file in exp/<system>/ to decode with")
         p.add_argument("--use_lm", type=str2bool, default=False)
