@@ -19,8 +19,9 @@ How a recording goes through, in bounded memory whatever its length:
    point. ``segment=False`` decodes the whole recording as one utterance (memory then grows with
    its length);
 3. the file is read a second time, cutting the segments out of the stream; they are encoded in
-   padded batches of ``batch_size`` and each is beam-searched as ESPnet's ``Speech2Text`` does
-   (decoder and CTC prefix scores). Word times come from a Viterbi CTC alignment of the
+   padded batches of ``batch_size`` and the batch's segments are beam-searched together with the
+   rules of ESPnet's ``Speech2Text`` (decoder and CTC prefix scores; ``s4speech.asr.search``: each
+   segment gets the hypotheses it gets alone, the S4 decoder scoring all of theirs in one call). Word times come from a Viterbi CTC alignment of the
    hypothesis to the segment's encoder output. Only one batch of audio and encoder output is held.
 
 Outputs (``<out_dir>/<file stem>.<format>``: txt, srt, vtt, json) are written atomically once a

@@ -1,8 +1,8 @@
 """``transcribe(model, paths, ...)``: recordings in, Transcripts (and output files) out.
 
 Each recording goes through two passes over the file (``segmentation``): pass 1 checks it and finds its
-segments, pass 2 cuts them out of the stream; they are encoded in padded batches and beam-searched one by
-one, word times come from a CTC alignment (``alignment``), and the outputs are written atomically once the
+segments, pass 2 cuts them out of the stream; they are encoded and beam-searched in batches (the
+hypotheses of a batch's segments scored together, ``s4speech.asr.search``), word times come from a CTC alignment (``alignment``), and the outputs are written atomically once the
 recording is done (``writers``). Only one batch of audio and encoder output is held.
 """
 from __future__ import annotations
@@ -207,12 +207,12 @@ def transcribe_one(model: Model, path: str, opts: TranscribeOptions, bar=None) -
         waves = [model.padded(w) for _, w in order]
         with torch.no_grad():
             enc, olens = model.encode(waves)
-            for j, (i, _) in enumerate(order):
-                e = enc[j, : int(olens[j])]
+            encs = [enc[j, : int(olens[j])] for j in range(len(order))]
+            for j, ((i, _), (text, ids)) in enumerate(zip(order, model.beam_search_many(encs))):
                 seg = tr.segments[i]
-                seg.text, ids = model.beam_search(e)
+                seg.text = text
                 if opts.word_times and ids:
-                    seg.words = _word_times(model, e, ids, len(waves[j]), seg)
+                    seg.words = _word_times(model, encs[j], ids, len(waves[j]), seg)
         end = max(tr.segments[i].end for i, _ in batch)
         if bar is not None and end > done_until:
             bar.update(end - done_until)

@@ -123,11 +123,21 @@ class Model:
 
     def beam_search(self, enc) -> tuple[str, list[int]]:
         """(T, D) encoder output -> (text, token ids) of the best hypothesis."""
-        res = self.s2t._decode_single_sample(enc)  # ESPnet's own: beam search + token/text conversion
-        if not res:
-            return "", []
-        text, _tokens, token_int, _hyp = res[0]
-        return (text or "").strip(), list(token_int)
+        return self.beam_search_many([enc])[0]
+
+    def beam_search_many(self, encs: Sequence) -> list[tuple[str, list[int]]]:
+        """(T_u, D) encoder outputs -> (text, token ids) of each one's best hypothesis, the searches run
+        together (``s4speech.asr.search``; the same hypotheses as one at a time)."""
+        from s4speech.asr.search import recognize_many
+
+        out = []
+        for res in recognize_many(self.s2t, encs):  # ESPnet's own token/text conversion
+            if not res:
+                out.append(("", []))
+                continue
+            text, _tokens, token_int, _hyp = res[0]
+            out.append(((text or "").strip(), list(token_int)))
+        return out
 
     def tokens(self, ids: Sequence[int]) -> list[str]:
         return self.s2t.converter.ids2tokens(ids)
