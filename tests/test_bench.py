@@ -212,3 +212,12 @@ def test_transcribe_table_replaces_only_its_section_and_appends_where_there_is_n
     assert g.read_text() == f"{B}\n| t |\n{E}\n"
     with pytest.raises(ValueError):
         replace_between("no markers\n", B, E, "| t |", missing="error")
+
+
+def test_search_bench_searches_both_ways_to_the_same_nbest():
+    """``compare_search`` (BENCHMARKS.md (g)): several utterances one at a time and together; it raises if
+    the n-best differ."""
+    from s4speech.bench.step import compare_search
+
+    r = compare_search(d=32, T=24, vocab=23, utts=3, tokens=4)
+    assert set(r) == {"one at a time", "together"} and all(v > 0 for v in r.values())

@@ -141,6 +141,99 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
             **{k: {"median": statistics.median(v) * 1e3, "best": min(v) * 1e3} for k, v in ts.items()}}
 
 
+def utterances_step_call(dec, xs, ys, perm):
+    """``ssm_step_call`` for the hypotheses of several utterances at once: BEAM rows per memory in ``xs``
+    (U of them, (T, d) each), all rows' states in one (U * BEAM, d, N) base, rows permuted by ``perm``."""
+    import torch
+
+    from s4speech.asr.decoder import _Memory, _planar
+
+    n = BEAM * len(xs)
+    mem = _Memory([dec.init_state(x)["kv"].parts[0] for x in xs])
+    base = [0.1 * torch.randn(n, xs[0].shape[-1], N_STATE) for _ in range(BLOCKS)]
+    if getattr(dec, "_compiled", None) is not None:
+        base = [_planar(b) for b in base]
+    states = [dict(ssm=base, row=perm[i], kv=mem, utt=i // BEAM, pos=ys.shape[1] - 1) for i in range(n)]
+    x = xs[0].expand(n, *xs[0].shape)  # not read: every state carries its utterance's memory
+    return lambda: dec.batch_score(ys, states, x)
+
+
+def compare_utterances(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, utts: int = 4,
+                       reps: int = 40) -> dict:
+    """Per-hypothesis ms of one ``batch_score`` of BEAM hypotheses of one utterance (eager and compiled)
+    and of BEAM hypotheses of each of ``utts`` utterances (one call), calls interleaved."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    from s4speech.bench import models
+
+    models.V, saved = vocab, models.V
+    try:
+        torch.manual_seed(0)
+        eager = build("ssm", d).eval()
+    finally:
+        models.V = saved
+    comp = copy.deepcopy(eager).compile_step()
+    xs = [torch.randn(T, d) for _ in range(utts)]
+    rows = {"1": BEAM, "U": BEAM * utts}
+    ys = {k: torch.randint(0, vocab - 1, (n, L)) for k, n in rows.items()}
+    with torch.no_grad():
+        fns = {"1 eager": ssm_step_call(eager, xs[0], ys["1"], torch.randperm(BEAM).tolist()),
+               "1 compiled": ssm_step_call(comp, xs[0], ys["1"], torch.randperm(BEAM).tolist()),
+               "U eager": utterances_step_call(eager, xs, ys["U"], torch.randperm(rows["U"]).tolist()),
+               "U compiled": utterances_step_call(comp, xs, ys["U"], torch.randperm(rows["U"]).tolist())}
+        for f in fns.values():
+            f(), f()
+        ts = {k: [] for k in fns}
+        for _ in range(reps):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                ts[k].append(time.perf_counter() - t)
+    n = {k: rows[k.split()[0]] for k in fns}
+    return {k: {"rows": n[k], "best": min(v) * 1e3, "median": statistics.median(v) * 1e3,
+                "per_hyp": min(v) * 1e3 / n[k]} for k, v in ts.items()}
+
+
+def compare_search(d: int = 256, T: int = 200, vocab: int = 500, utts: int = 4, tokens: int = 40) -> dict:
+    """Wall seconds of the beam searches (decoder only, beam BEAM, ``<eos>`` suppressed so that every search
+    runs ``tokens`` steps) of ``utts`` random encoder outputs of T frames: one at a time (ESPnet's
+    ``BatchBeamSearch``) and together (``s4speech.asr.search.search_many``); the n-best must agree."""
+    import time
+
+    import torch
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+
+    from s4speech.asr.search import search_many
+    from s4speech.bench import models
+
+    models.V, saved = vocab, models.V
+    try:
+        torch.manual_seed(0)
+        dec = build("ssm", d).eval()
+    finally:
+        models.V = saved
+    with torch.no_grad():
+        dec.output_layer.bias[vocab - 1] = -30.0
+    xs = [torch.randn(T - 7 * u, d) for u in range(utts)]  # different lengths, as a batch of segments
+    bs = BatchBeamSearch(scorers={"decoder": dec}, weights={"decoder": 1.0}, beam_size=BEAM, vocab_size=vocab,
+                         sos=vocab - 1, eos=vocab - 1, token_list=None, pre_beam_score_key=None)
+    out = {}
+    with torch.no_grad():
+        for way in ("one at a time", "together"):
+            t = time.perf_counter()
+            if way == "together":
+                hyps = search_many(bs, xs, maxlenratio=-tokens)
+            else:
+                hyps = [bs(x, maxlenratio=-tokens) for x in xs]
+            out[way] = {"wall": time.perf_counter() - t, "best": [h[0].yseq.tolist() for h in hyps]}
+    assert out["together"]["best"] == out["one at a time"]["best"], "search_many changed the hypotheses"
+    return {k: v["wall"] for k, v in out.items()}
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -153,6 +246,8 @@ def main(argv=None) -> None:
     p.add_argument("--vocab", type=int, default=500)
     p.add_argument("--reps", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--utterances", type=int, default=4, help="utterances scored together in the second table")
+    p.add_argument("--search_tokens", type=int, default=40, help="steps of each search in the third table")
     p.add_argument("--out", default=None, help="also write the table between the step-compare markers of this file")
     a = p.parse_args(argv)
     torch = env.setup(a.threads)
@@ -173,6 +268,21 @@ def main(argv=None) -> None:
     for k in ("eager", "compiled", "int8", "espnet s4"):
         lines.append(f"|{k}|{r[k]['median']:.2f}|{r[k]['best']:.2f}|{r['espnet s4']['best'] / r[k]['best']:.1f}|"
                      f"{r[k]['best'] / floor:.1f}|")
+    U = a.utterances
+    u = compare_utterances(a.d, a.T, vocab=a.vocab, utts=U, reps=max(10, a.reps // 2))
+    names = {"1 eager": "1 utterance, eager", "1 compiled": "1 utterance, compiled",
+             "U eager": f"{U} utterances, eager", "U compiled": f"{U} utterances, compiled (runs the eager step)"}
+    lines += ["", f"Hypotheses of several utterances in one `batch_score` (beam {BEAM} each, same settings, calls "
+                  f"interleaved): per-hypothesis cost = best call / rows.\n",
+              "|rows|call best (ms)|call median (ms)|per hypothesis (ms)|/ 1 utterance eager|", "|---|---|---|---|---|"]
+    for k, v in u.items():
+        lines.append(f"|{names[k]}: {v['rows']}|{v['best']:.2f}|{v['median']:.2f}|{v['per_hyp']:.3f}|"
+                     f"{v['per_hyp'] / u['1 eager']['per_hyp']:.2f}|")
+    s = compare_search(a.d, a.T, vocab=a.vocab, utts=U, tokens=a.search_tokens)
+    lines += ["", f"Whole beam searches of {U} utterances ({a.T} to {a.T - 7 * (U - 1)} frames, decoder only, beam "
+                  f"{BEAM}, {a.search_tokens} steps each, the same n-best both ways): one at a time "
+                  f"{s['one at a time']:.2f} s, together (`search_many`) {s['together']:.2f} s "
+                  f"({s['one at a time'] / s['together']:.2f}x)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:
