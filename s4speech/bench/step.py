@@ -90,6 +90,33 @@ def measure(res: dict, opts, save) -> None:
 
 
 # ---- ``python -m s4speech.bench.step``: the decoding-speed options side by side, in one process ----------
+def _build(kind: str, d: int, vocab: int):
+    """``models.build(kind, d)`` with a vocabulary of ``vocab`` (seed 0), in eval mode."""
+    import torch
+
+    from s4speech.bench import models
+
+    models.V, saved = vocab, models.V
+    try:
+        torch.manual_seed(0)
+        return build(kind, d).eval()
+    finally:
+        models.V = saved
+
+
+def _interleaved(fns: dict, reps: int) -> dict:
+    """Each no-argument callable of ``fns`` run ``reps`` times, calls interleaved -> {name: seconds}."""
+    import time
+
+    ts = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t)
+    return ts
+
+
 def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps: int = 60) -> dict:
     """Our batch_score eager, compiled (``SSMDecoder.compile_step``) and int8 (dynamic quantization of the
     Linear layers, as ``Speech2Text(quantize_asr_model=True)``), and ESPnet's s4 step on the same inputs,
@@ -101,17 +128,10 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
 
     import torch
 
-    from s4speech.bench import models
-
-    models.V, saved = vocab, models.V
-    try:
-        torch.manual_seed(0)
-        eager = build("ssm", d).eval()
-        comp = copy.deepcopy(eager).compile_step()
-        int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(eager), {torch.nn.Linear}, dtype=torch.qint8)
-        s4 = build("s4", d).eval()
-    finally:
-        models.V = saved
+    eager = _build("ssm", d, vocab)
+    comp = copy.deepcopy(eager).compile_step()
+    int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(eager), {torch.nn.Linear}, dtype=torch.qint8)
+    s4 = _build("s4", d, vocab)
     espnet_s4_setup_step(s4)
     x = torch.randn(T, d)
     perm = torch.randperm(BEAM).tolist()
@@ -131,12 +151,7 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
         fns["espnet s4"] = espnet_step_call(s4, x, ys)
         for f in fns.values():
             f()
-        ts = {k: [] for k in fns}
-        for _ in range(reps):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                ts[k].append(time.perf_counter() - t)
+        ts = _interleaved(fns, reps)
     return {"compile_s": compile_s, "max_abs_diff": diff, "int8_max_abs_diff": int8_diff,
             **{k: {"median": statistics.median(v) * 1e3, "best": min(v) * 1e3} for k, v in ts.items()}}
 
@@ -164,18 +179,10 @@ def compare_utterances(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500
     and of BEAM hypotheses of each of ``utts`` utterances (one call), calls interleaved."""
     import copy
     import statistics
-    import time
 
     import torch
 
-    from s4speech.bench import models
-
-    models.V, saved = vocab, models.V
-    try:
-        torch.manual_seed(0)
-        eager = build("ssm", d).eval()
-    finally:
-        models.V = saved
+    eager = _build("ssm", d, vocab)
     comp = copy.deepcopy(eager).compile_step()
     xs = [torch.randn(T, d) for _ in range(utts)]
     rows = {"1": BEAM, "U": BEAM * utts}
@@ -187,12 +194,7 @@ def compare_utterances(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500
                "U compiled": utterances_step_call(comp, xs, ys["U"], torch.randperm(rows["U"]).tolist())}
         for f in fns.values():
             f(), f()
-        ts = {k: [] for k in fns}
-        for _ in range(reps):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                ts[k].append(time.perf_counter() - t)
+        ts = _interleaved(fns, reps)
     n = {k: rows[k.split()[0]] for k in fns}
     return {k: {"rows": n[k], "best": min(v) * 1e3, "median": statistics.median(v) * 1e3,
                 "per_hyp": min(v) * 1e3 / n[k]} for k, v in ts.items()}
@@ -208,14 +210,8 @@ def compare_search(d: int = 256, T: int = 200, vocab: int = 500, utts: int = 4, 
     from espnet.nets.batch_beam_search import BatchBeamSearch
 
     from s4speech.asr.search import search_many
-    from s4speech.bench import models
 
-    models.V, saved = vocab, models.V
-    try:
-        torch.manual_seed(0)
-        dec = build("ssm", d).eval()
-    finally:
-        models.V = saved
+    dec = _build("ssm", d, vocab)
     with torch.no_grad():
         dec.output_layer.bias[vocab - 1] = -30.0
     xs = [torch.randn(T - 7 * u, d) for u in range(utts)]  # different lengths, as a batch of segments
