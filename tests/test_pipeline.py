@@ -172,3 +172,40 @@ def test_systems_side_by_side_only_on_cpu(tmp_path):
     with pytest.raises(StageError, match="side by side on CPU"):
         train_systems(r, "asr", [])
     assert cli.build(cli.parse(["--corpus", "none", "--asr_config", "a.yaml", "--train_jobs", "3"])).train_jobs == 3
+
+
+@pytest.mark.parametrize("segmented", [False, True])
+def test_decoding_jobs_read_their_utterances_longest_first(tmp_path, segmented):
+    """A decoding job's utterances in another order than the set's tables (longest first): its own tables
+    list them in that order, which ESPnet's streaming loader reads (on a set's own wav.scp it fails)."""
+    import numpy as np
+    import soundfile as sf
+    from espnet2.train.iterable_dataset import IterableESPnetDataset
+
+    import s4speech  # noqa: F401  registers kaldi_segments
+    from s4speech.pipeline.asr import ASRRecipe, job_speech
+
+    d = tmp_path / "set"
+    d.mkdir()
+    lengths = {"a": 800, "b": 2400, "c": 1600, "d": 3200}
+    if segmented:
+        sf.write(d / "rec.wav", np.zeros(12000, np.float32), 8000)
+        (d / "wav.scp").write_text(f"rec {d / 'rec.wav'}\n")
+        (d / "segments").write_text("".join(f"{k} rec 0.0 {n / 8000}\n" for k, n in lengths.items()))
+    else:
+        for k, n in lengths.items():
+            sf.write(d / f"{k}.wav", np.zeros(n, np.float32), 8000)
+        (d / "wav.scp").write_text("".join(f"{k} {d / k}.wav\n" for k in lengths))
+    keys = sorted(lengths, key=lambda k: -lengths[k])  # d b c a
+    r = ASRRecipe(corpus="none")
+
+    def read(spec):
+        path, name, kind = spec.split(",")
+        return [(k, len(x["speech"])) for k, x in IterableESPnetDataset([(path, name, kind)], key_file=keys_file)]
+
+    keys_file = str(tmp_path / "keys")
+    Path(keys_file).write_text("".join(f"{k}\n" for k in keys))
+    if not segmented:  # read line by line, in step with the key file (segments are looked up by key)
+        with pytest.raises(RuntimeError, match="not found"):
+            read(r.speech_spec(d))
+    assert read(job_speech(r, d, keys, tmp_path / "job")) == [(k, lengths[k]) for k in keys]

@@ -220,7 +220,8 @@ def decode_sets(r: ASRRecipe, sysdir: Path, sets: list[str], dec: Decoding) -> N
                 continue
             split = sysdir / dec.name / s / "split"
             atomic_write(split / f"keys.{j + 1}", "".join(f"{k}\n" for k in part))
-            runs.append([*common, "--data_path_and_name_and_type", r.speech_spec(r.raw(s)),
+            speech = job_speech(r, r.raw(s), part, split / f"data.{j + 1}")
+            runs.append([*common, "--data_path_and_name_and_type", speech,
                          "--key_file", split / f"keys.{j + 1}", "--output_dir", split / f"out.{j + 1}"])
         spec = sysdir / dec.name / f"jobs.{j + 1}.json"
         atomic_write(spec, json.dumps([[str(a) for a in run] for run in runs], indent=1))
@@ -237,6 +238,19 @@ def decode_sets(r: ASRRecipe, sysdir: Path, sets: list[str], dec: Decoding) -> N
                 hyp.update(read_table(f))
         atomic_write(out / "text", "".join(f"{k} {hyp.get(k, '')}\n" for k in keys[s]))
         mark_done(out)
+
+
+def job_speech(r: ASRRecipe, d: Path, keys: list[str], out: Path) -> str:
+    """The speech of the utterances ``keys`` of the dumped set ``d`` as a data dir ``out`` listing them in
+    that order -> its ``--data_path_and_name_and_type``. ESPnet's streaming loader reads its tables in step
+    with the key file, so a key file in another order than the set's tables (here: longest first, so
+    that utterances searched together have similar lengths) needs tables of its own."""
+    name = "segments" if (d / "segments").exists() else "wav.scp"
+    table = read_table(d / name)
+    atomic_write(out / name, "".join(f"{k} {table[k]}\n" for k in keys))
+    if name == "segments":  # the recordings they are cut from
+        atomic_write(out / "wav.scp", (d / "wav.scp").read_text(encoding="utf-8"))
+    return r.speech_spec(out)
 
 
 def _gpus() -> int:
