@@ -132,8 +132,9 @@ def test_ctc_scores_equal_espnets_step_by_step(prebeam):
     T, n, S, eos = 40, 5, 6, V - 1
     x = 3 * torch.randn(T, V, generator=g, dtype=torch.float64)
     ours, esp = CTCPrefixScorer(_LogSoftmax(), eos), ESPnetCTC(_LogSoftmax(), eos)
-    assert ours.batch_init_state(x) is None and esp.batch_init_state(x) is None
-    y, st_o, st_e = torch.full((1, 1), eos), [None], [None]
+    init = ours.batch_init_state(x)  # ours: the utterance's posteriors; ESPnet's keeps them in itself
+    assert init is not None and esp.batch_init_state(x) is None
+    y, st_o, st_e = torch.full((1, 1), eos), [init], [None]
     for step in range(12):
         nb = y.shape[0]
         ids = torch.topk(torch.randn(nb, V, generator=g), S, -1)[1] if prebeam else None

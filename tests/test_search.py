@@ -142,3 +142,23 @@ def test_other_searches_run_per_utterance(tiny):
         ref = [bs(x=x, maxlenratio=0.3) for x in xs[:2]]
     for r, g in zip(ref, got):
         _same(r, g)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_scorers_with_wrapped_methods(tiny, fast):
+    """A CTC scorer whose methods are wrapped on the instance (as a profiler or the breakdown benchmark
+    does): every utterance is still scored against its own CTC posteriors."""
+    decs, ctc, xs = tiny
+    with torch.no_grad():
+        ref = [_search(decs["ssm"], ctc, fast)(x=x, maxlenratio=0.3) for x in xs]
+        bs = _search(decs["ssm"], ctc, fast)
+        scorer, calls = bs.part_scorers["ctc"], []
+        for name in ("batch_init_state", "batch_score_partial", "select_state"):
+            def wrapped(*a, _f=getattr(scorer, name), **k):
+                calls.append(1)
+                return _f(*a, **k)
+            setattr(scorer, name, wrapped)
+        got = search_many(bs, xs, maxlenratio=0.3)
+    assert calls
+    for r, g in zip(ref, got):
+        _same(r, g)

@@ -39,63 +39,76 @@ from espnet.nets.scorers.ctc import CTCPrefixScorer as _ESPnetCTCPrefixScorer
 LOGZERO = -10000000000.0  # ESPnet's log(0) in CTCPrefixScoreTH
 
 
+class _Utterance:
+    """The CTC log-posteriors of the utterance searched: ``logp`` (T, V) float64 and ``logp_t`` (V, T), one
+    row per token. The initial state of its search; every later state refers to it."""
+
+    __slots__ = ("logp", "logp_t")
+
+    def __init__(self, logp: torch.Tensor):
+        self.logp, self.logp_t = logp, logp.T.contiguous()
+
+
 class _Scored:
     """What one ``batch_score_partial`` call leaves for the hypotheses it scored and their extensions.
 
-    ``r``: (2, n, T - off) float64 forward variables (non-blank-, blank-ending) of the n hypotheses it
-    scored, from frame ``off`` on (earlier frames are not read again); ``out_len``: their tokens (without
-    <sos>); ``last``: (n,) their last tokens; ``log_psi``: (n, V) float64 prefix scores of their extensions."""
+    ``utt``: their utterance; ``r``: (2, n, T - off) float64 forward variables (non-blank-, blank-ending)
+    of the n hypotheses it scored, from frame ``off`` on (earlier frames are not read again); ``out_len``:
+    their tokens (without <sos>); ``last``: (n,) their last tokens; ``log_psi``: (n, V) float64 prefix
+    scores of their extensions."""
 
-    __slots__ = ("r", "off", "out_len", "last", "log_psi")
+    __slots__ = ("utt", "r", "off", "out_len", "last", "log_psi")
 
-    def __init__(self, r, off, out_len, last, log_psi):
-        self.r, self.off, self.out_len, self.last, self.log_psi = r, off, out_len, last, log_psi
+    def __init__(self, utt, r, off, out_len, last, log_psi):
+        self.utt, self.r, self.off, self.out_len, self.last, self.log_psi = utt, r, off, out_len, last, log_psi
 
 
 class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
     """ESPnet's ``CTCPrefixScorer`` with a frame-vectorized batch scorer (``batch_init_state``,
     ``batch_score_partial``, ``select_state``); the non-batch methods (``BeamSearch``) are ESPnet's.
 
-    A hypothesis' state is (``_Scored`` of the call that scored its parent, the parent's row, its token):
-    nothing is computed or indexed per hypothesis; the next ``batch_score_partial`` computes the forward
-    variables of the hypotheses it gets, together.
+    A hypothesis' state is (``_Scored`` of the call that scored its parent, the parent's row, its token);
+    the initial one is the utterance's CTC posteriors (``_Utterance``). Nothing is computed or indexed per
+    hypothesis; the next ``batch_score_partial`` computes the forward variables of the hypotheses it gets,
+    together. The scorer itself keeps nothing of an utterance: searches of several utterances share it
+    (``multi_utterance``; one ``batch_score_partial`` call per utterance).
     """
+
+    multi_utterance = True  # its states carry their utterance (s4speech.asr.search)
 
     def __init__(self, ctc: torch.nn.Module, eos: int, blank: int = 0):
         super().__init__(ctc, eos)
         self.blank = blank
-        self.logp = None  # (T, V) float64 CTC log-posteriors of the utterance being searched
-        self.logp_t = None  # (V, T) the same, one row per token
 
     @classmethod
     def like(cls, scorer: _ESPnetCTCPrefixScorer) -> "CTCPrefixScorer":
         """The same CTC module and <eos> as ESPnet's ``scorer``."""
         return cls(scorer.ctc, scorer.eos)
 
-    def batch_init_state(self, x: torch.Tensor):
-        """x: (T, D) encoder output of one utterance; the initial state is None (as ESPnet's)."""
-        self.logp = self.ctc.log_softmax(x.unsqueeze(0)).detach()[0].to(torch.float64)
-        self.logp_t = self.logp.T.contiguous()
-        return None
+    def batch_init_state(self, x: torch.Tensor) -> _Utterance:
+        """x: (T, D) encoder output of one utterance -> the initial state: its CTC log-posteriors."""
+        return _Utterance(self.ctc.log_softmax(x.unsqueeze(0)).detach()[0].to(torch.float64))
 
     def select_state(self, state, i: int, new_id: Optional[int] = None):
         if isinstance(state, _Scored):
             return (state, int(i), int(new_id))
         return super().select_state(state, i, new_id)
 
-    def _full(self, *shape):
-        return torch.full(shape, LOGZERO, dtype=torch.float64, device=self.logp.device)
+    @staticmethod
+    def _full(like: torch.Tensor, *shape):
+        return torch.full(shape, LOGZERO, dtype=torch.float64, device=like.device)
 
     def _extend(self, par: _Scored, rows: torch.Tensor, toks: torch.Tensor):
         """Forward variables (2, n, T - off) from frame off of the prefixes (parent ``rows`` of ``par``) +
         ``toks``: the recursion from frame start = max(len(parent), 1), in closed form."""
-        T = self.logp.shape[0]
+        logp, logp_t = par.utt.logp, par.utt.logp_t
+        T = logp.shape[0]
         rp = par.r[:, rows]  # (2, n, T - par.off)
         phi = torch.where((toks == par.last[rows])[:, None], rp[1], torch.logaddexp(rp[0], rp[1]))
         start = max(par.out_len, 1)
-        a = self.logp_t[toks]  # (n, T) log p_t(c)
+        a = logp_t[toks]  # (n, T) log p_t(c)
         n = a.shape[0]
-        init_n = a[:, 0] if par.out_len == 0 else self._full(n)  # r^n_{start-1}; r^b_{start-1} is log 0
+        init_n = a[:, 0] if par.out_len == 0 else self._full(logp, n)  # r^n_{start-1}; r^b_{start-1} is log 0
         rn, rb = a[:, :0], a[:, :0]
         if start < T:
             ph = phi[:, start - 1 - par.off : T - 1 - par.off]  # phi_{t-1}, t = start .. T-1
@@ -103,18 +116,25 @@ class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
             e = ph - torch.cat([A.new_zeros(n, 1), A[:, :-1]], 1)  # phi_{t-1} - A_{t-1}
             e[:, 0] = torch.logaddexp(e[:, 0], init_n)
             rn = A + torch.logcumsumexp(e, 1)
-            B = torch.cumsum(self.logp[start:, self.blank], 0)
+            B = torch.cumsum(logp[start:, self.blank], 0)
             rn_prev = torch.cat([init_n[:, None], rn[:, :-1]], 1)  # r^n_{t-1}
             rb = B + torch.logcumsumexp(rn_prev - torch.cat([B.new_zeros(1), B[:-1]]), 1)
-        r = torch.stack([torch.cat([init_n[:, None], rn], 1), torch.cat([self._full(n, 1), rb], 1)])
+        r = torch.stack([torch.cat([init_n[:, None], rn], 1), torch.cat([self._full(logp, n, 1), rb], 1)])
         return r, start - 1
 
     def _forward(self, state: List[Any], n: int):
-        """The hypotheses' forward variables (2, n, T - off) from frame off, off, their prefix scores (n,)."""
-        dev, T = self.logp.device, self.logp.shape[0]
-        if state[0] is None:  # the initial hypothesis: nothing emitted, blanks only
-            r = torch.stack([self._full(T), torch.cumsum(self.logp[:, self.blank], 0)])
-            return r[:, None].expand(2, n, T), 0, torch.zeros(n, dtype=torch.float64, device=dev)
+        """The hypotheses' utterance, forward variables (2, n, T - off) from frame off, off, their prefix
+        scores (n,)."""
+        if isinstance(state[0], _Utterance):  # the initial hypothesis: nothing emitted, blanks only
+            utt = state[0]
+            logp = utt.logp
+            T = logp.shape[0]
+            r = torch.stack([self._full(logp, T), torch.cumsum(logp[:, self.blank], 0)])
+            return utt, r[:, None].expand(2, n, T), 0, torch.zeros(n, dtype=torch.float64, device=logp.device)
+        utt = state[0][0].utt
+        if any(s[0].utt is not utt for s in state):
+            raise ValueError("CTCPrefixScorer.batch_score_partial: hypotheses of several utterances in one call")
+        dev = utt.logp.device
         groups = {}  # the calls that scored the parents (one in a search of one utterance)
         for i, s in enumerate(state):
             groups.setdefault(id(s[0]), []).append(i)
@@ -126,39 +146,40 @@ class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
             r, off = self._extend(par, rows, toks)
             parts.append((members, r, off, par.log_psi[rows, toks]))
         if len(parts) == 1:
-            return parts[0][1], parts[0][2], parts[0][3]
+            return utt, parts[0][1], parts[0][2], parts[0][3]
         off = max(p[2] for p in parts)
         order = torch.tensor([i for p in parts for i in p[0]], device=dev).argsort()
         r = torch.cat([p[1][:, :, off - p[2] :] for p in parts], 1)[:, order]
-        return r, off, torch.cat([p[3] for p in parts])[order]
+        return utt, r, off, torch.cat([p[3] for p in parts])[order]
 
     def batch_score_partial(self, y: torch.Tensor, ids: Optional[torch.Tensor], state: List[Any], x: torch.Tensor):
         """y: (n, L) prefixes (<sos> first), ids: (n, S) candidates (None: all tokens), state: n states ->
         scores (n, V) (log 0 minus the prefix' score outside the candidates, as ESPnet's), the new state."""
-        T, V = self.logp.shape
+        utt, r, off, s_prev = self._forward(state, y.shape[0])
+        logp = utt.logp
+        T, V = logp.shape
         n, out_len = y.shape[0], y.shape[1] - 1
-        dev = self.logp.device
+        dev = logp.device
         ids = torch.arange(V, device=dev).expand(n, V) if ids is None else ids.to(dev)
         S = ids.shape[1]
-        r, off, s_prev = self._forward(state, n)
         r_sum = torch.logaddexp(r[0], r[1])  # (n, T - off)
         start = max(out_len, 1)
         last = y[:, -1].to(dev)
-        a = self.logp_t[ids.reshape(-1)].view(n, S, T)  # log p_t(c) of the candidates
+        a = utt.logp_t[ids.reshape(-1)].view(n, S, T)  # log p_t(c) of the candidates
         # phi_{t-1} + log p_t(c), t = start .. T-1 (r^b alone where c repeats the last token)
         lo, hi = start - 1 - off, T - 1 - off
         phi = torch.where((ids == last[:, None])[:, :, None], r[1][:, None, lo:hi], r_sum[:, None, lo:hi])
         terms = phi + a[:, :, start:]
         if out_len == 0:  # r^n_0 = log p_0(c)
             terms = torch.cat([a[:, :, :1], terms], 2)
-        psi = torch.logsumexp(terms, 2) if terms.shape[2] else self._full(n, S)
-        log_psi = self._full(n, V)
+        psi = torch.logsumexp(terms, 2) if terms.shape[2] else self._full(logp, n, S)
+        log_psi = self._full(logp, n, V)
         log_psi.scatter_(1, ids, psi)
         log_psi[:, self.eos] = r_sum[:, T - 1 - off] if T - 1 >= off else LOGZERO  # the whole prefix
         if self.eos != self.blank:
             log_psi[:, self.blank] = LOGZERO
         scores = (log_psi - s_prev[:, None]).to(x.dtype)
-        return scores, _Scored(r, off, out_len, last, log_psi)
+        return scores, _Scored(utt, r, off, out_len, last, log_psi)
 
     def extend_prob(self, x: torch.Tensor):
         raise NotImplementedError("s4speech's CTCPrefixScorer scores whole utterances (no streaming extension)")

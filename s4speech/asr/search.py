@@ -11,8 +11,10 @@ yet together:
   output) is called once per step for all of them;
 - any other full scorer (ESPnet's Transformer or ``s4`` decoder, which attend to the ``xs`` they are given
   without a mask) is called once per utterance, with that utterance's hypotheses, as ``bs`` would;
-- partial scorers (CTC prefix scores) keep the utterance they score in themselves (``batch_init_state``):
-  each utterance gets its own shallow copy, called with its own hypotheses.
+- partial scorers (CTC prefix scores) are called once per utterance, with its hypotheses. s4speech's
+  CTC scorer keeps the utterance in its states (``multi_utterance``); one that keeps it in itself
+  (ESPnet's: ``batch_init_state`` sets ``self.impl``) has that utterance's attributes put back before
+  each call for it.
 
 The top-k of each utterance is one ``topk`` over its (hypotheses x vocabulary) scores, all utterances in one
 call. Hypotheses are ESPnet's ``Hypothesis``. Differences from ``bs(x)`` alone are float rounding of the
@@ -20,7 +22,6 @@ batched scores (and so, rarely, the order of two exactly tied hypotheses).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence
 
@@ -61,7 +62,7 @@ class _Utterance:
     x: torch.Tensor  # (T, D) encoder output
     maxlen: int
     minlen: int
-    part: Dict[str, Any]  # its own copies of the partial scorers
+    held: Dict[str, dict]  # the attributes of each partial scorer that keeps the utterance in itself
     yseq: torch.Tensor  # (n, L) token ids, <sos> (or the primer) first
     score: torch.Tensor  # (n,) weighted total
     scores: Dict[str, torch.Tensor]  # per scorer (n,) unweighted totals
@@ -88,11 +89,14 @@ def _limits(x: torch.Tensor, maxlenratio: float, minlenratio: float) -> tuple[in
 
 def _start(bs, x: torch.Tensor, maxlenratio: float, minlenratio: float) -> _Utterance:
     maxlen, minlen = _limits(x, maxlenratio, minlenratio)
-    part = {k: copy.copy(d) for k, d in bs.part_scorers.items()}
     states = {k: [d.batch_init_state(x)] for k, d in bs.full_scorers.items()}
-    states.update({k: [d.batch_init_state(x)] for k, d in part.items()})
+    held = {}
+    for k, d in bs.part_scorers.items():
+        states[k] = [d.batch_init_state(x)]
+        if not getattr(d, "multi_utterance", False):
+            held[k] = dict(vars(d))  # what it keeps of this utterance (ESPnet's CTC scorer: self.impl)
     primer = [bs.sos] if getattr(bs, "hyp_primer", None) is None else bs.hyp_primer
-    return _Utterance(x=x, maxlen=maxlen, minlen=minlen, part=part,
+    return _Utterance(x=x, maxlen=maxlen, minlen=minlen, held=held,
                       yseq=torch.tensor([primer], device=x.device), score=torch.zeros(1, device=x.device),
                       scores={k: torch.zeros(1, device=x.device) for k in states}, states=states)
 
@@ -129,8 +133,9 @@ def _step(bs, live: List[_Utterance], i: int, maxlenratio: float) -> None:
         pre = weighted if bs.pre_beam_score_key == "full" else full[bs.pre_beam_score_key]
         part_ids = torch.topk(pre, bs.pre_beam_size, dim=-1)[1]
     part, part_states = {}, {}
-    for k in bs.part_scorers:
-        outs = [u.part[k].batch_score_partial(u.yseq, None if part_ids is None else part_ids[a:b], u.states[k], u.x)
+    for k, d in bs.part_scorers.items():
+        outs = [_as_of(d, u, k, lambda: d.batch_score_partial(u.yseq, None if part_ids is None else part_ids[a:b],
+                                                              u.states[k], u.x))
                 for u, a, b in zip(live, offsets, offsets[1:])]
         part[k] = torch.cat([o[0] for o in outs])
         part_states[k] = [o[1] for o in outs]
@@ -155,10 +160,23 @@ def _step(bs, live: List[_Utterance], i: int, maxlenratio: float) -> None:
         u.scores = new_scores
         prev_l, rows_l, tok_l = prev.tolist(), rows.tolist(), tok.tolist()
         new_states = {k: [bs.full_scorers[k].select_state(full_states[k], r) for r in rows_l] for k in full}
-        new_states.update({k: [u.part[k].select_state(part_states[k][j], p, t) for p, t in zip(prev_l, tok_l)]
-                           for k in part})
+        for k, d in bs.part_scorers.items():
+            new_states[k] = _as_of(d, u, k, lambda: [d.select_state(part_states[k][j], p, t)
+                                                     for p, t in zip(prev_l, tok_l)])
         u.states = new_states
         _finish_step(bs, u, i, maxlenratio)
+
+
+def _as_of(scorer, u: _Utterance, key: str, call):
+    """``call()`` with ``scorer`` holding utterance u's attributes (a scorer that keeps its utterance in
+    itself); what the call leaves in them is u's again."""
+    if key not in u.held:
+        return call()
+    vars(scorer).update(u.held[key])
+    try:
+        return call()
+    finally:
+        u.held[key] = dict(vars(scorer))
 
 
 def _finish_step(bs, u: _Utterance, i: int, maxlenratio: float) -> None:
