@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from conftest import SHARED
 
@@ -36,8 +37,6 @@ def _secs(m, i=0):
 @pytest.fixture(autouse=True)
 def one_thread():
     """Decoding is many small ops: one thread is faster on 2 busy cores (and restored after)."""
-    import torch
-
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -430,3 +429,18 @@ def test_int8_transcription_of_the_ssm_model(models, tmp_path):
     assert res.error is None and res.segments
     rc = T.main(["--model", str(models["ssm"]), str(JFK), "--quantize", "--quiet", "--out_dir", str(tmp_path)])
     assert rc == 0 and (tmp_path / "jfk.txt").exists()
+
+
+def test_segments_searched_together_get_the_hypotheses_they_get_alone(models):
+    """The beam searches of a batch's segments run together (``Model.beam_search_many``): each segment's
+    text and tokens are those of its own search, for the S4 and the Transformer decoder."""
+    for name in ("ssm", "transformer"):
+        m = T.Model.load(models[name], beam_size=3)
+        waves = [m.padded(_trim(read(f, m.sample_rate)[0], m.sample_rate)) for f in AN4]
+        with torch.no_grad():
+            enc, olens = m.encode(waves)
+            encs = [enc[j, : int(olens[j])] for j in range(len(waves))]
+            alone = [m.beam_search(e) for e in encs]
+            together = m.beam_search_many(encs)
+        assert together == alone, name
+        assert len(alone) > 1 and all(ids for _, ids in alone)
