@@ -221,3 +221,19 @@ def test_search_bench_searches_both_ways_to_the_same_nbest():
 
     r = compare_search(d=32, T=24, vocab=23, utts=3, tokens=4)
     assert set(r) == {"one at a time", "together"} and all(v > 0 for v in r.values())
+
+
+def test_step_linears_are_the_ones_the_step_runs():
+    """``step_linears`` (the Linear-layer line of BENCHMARKS.md (g)): 5 per block and the output layer --
+    every Linear layer of the decoder but the memory's key/value projections, which run once per
+    utterance (``init_state``), not per step."""
+    import torch
+
+    from s4speech.bench.step import _build, compare_linears, step_linears
+
+    dec = _build("ssm", 32, 23)
+    lins = step_linears(dec)
+    assert len(lins) == 5 * len(dec.decoders) + 1 == compare_linears(32, 23, reps=2)["count"]
+    every = [m for m in dec.modules() if isinstance(m, torch.nn.Linear)]
+    kv = [blk.src_attn.kv for blk in dec.decoders]  # the memory's keys/values: once per utterance, not per step
+    assert {id(m) for m in every} == {id(m) for m in lins} | {id(m) for m in kv}

@@ -156,6 +156,41 @@ def compare_step(d: int = 256, T: int = 200, L: int = 16, vocab: int = 500, reps
             **{k: {"median": statistics.median(v) * 1e3, "best": min(v) * 1e3} for k, v in ts.items()}}
 
 
+def step_linears(dec) -> list:
+    """The Linear layers one step of ``dec`` runs, in order: per block the S4 output (GLU), the attention
+    query and output, the two feed-forward layers; then the output layer (31 at 6 blocks)."""
+    out = []
+    for blk in dec.decoders:
+        out += [blk.ssm.output_linear, blk.src_attn.q, blk.src_attn.out, blk.ff.w1, blk.ff.w2]
+    return out + [dec.output_layer]
+
+
+def compare_linears(d: int = 256, vocab: int = 500, reps: int = 60) -> dict:
+    """Best ms of the step's Linear layers alone on BEAM rows (as the step runs them, one after the other):
+    fp32 (``rows_linear``, the eager and compiled steps' product), bf16 weights and inputs, int8 dynamic
+    quantization (as ``quantize_asr_model``)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from s4speech.nn import rows_linear
+
+    lins = step_linears(_build("ssm", d, vocab))
+    xs = [torch.randn(BEAM, lin.in_features) for lin in lins]
+    bf = [(lin.weight.bfloat16(), lin.bias.bfloat16(), x.bfloat16()) for lin, x in zip(lins, xs)]
+    q8 = [torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(copy.deepcopy(lin)), {torch.nn.Linear},
+                                                 dtype=torch.qint8) for lin in lins]
+    fns = {"fp32": lambda: [rows_linear(lin, x) for lin, x in zip(lins, xs)],
+           "bf16": lambda: [F.linear(x, w, b) for w, b, x in bf],
+           "int8": lambda: [m(x) for m, x in zip(q8, xs)]}
+    with torch.no_grad():
+        for f in fns.values():
+            f()
+        ts = _interleaved(fns, reps)
+    return {"count": len(lins), **{k: min(v) * 1e3 for k, v in ts.items()}}
+
+
 def utterances_step_call(dec, xs, ys, perm):
     """``ssm_step_call`` for the hypotheses of several utterances at once: BEAM rows per memory in ``xs``
     (U of them, (T, d) each), all rows' states in one (U * BEAM, d, N) base, rows permuted by ``perm``."""
@@ -264,6 +299,10 @@ def main(argv=None) -> None:
     for k in ("eager", "compiled", "int8", "espnet s4"):
         lines.append(f"|{k}|{r[k]['median']:.2f}|{r[k]['best']:.2f}|{r['espnet s4']['best'] / r[k]['best']:.1f}|"
                      f"{r[k]['best'] / floor:.1f}|")
+    lin = compare_linears(a.d, a.vocab, a.reps)
+    lines += ["", f"The step's {lin['count']} Linear layers alone on {BEAM} rows, one after the other (best of "
+                  f"{a.reps}): fp32 {lin['fp32']:.2f} ms ({lin['fp32'] / floor:.1f}x the FLOP floor by "
+                  f"themselves), bf16 weights {lin['bf16']:.2f} ms, int8 {lin['int8']:.2f} ms."]
     U = a.utterances
     u = compare_utterances(a.d, a.T, vocab=a.vocab, utts=U, reps=max(10, a.reps // 2))
     names = {"1 eager": "1 utterance, eager", "1 compiled": "1 utterance, compiled",
