@@ -39,7 +39,7 @@ from espnet.nets.scorers.ctc import CTCPrefixScorer as _ESPnetCTCPrefixScorer
 LOGZERO = -10000000000.0  # ESPnet's log(0) in CTCPrefixScoreTH
 
 
-class _Utterance:
+class _Posteriors:
     """The CTC log-posteriors of the utterance searched: ``logp`` (T, V) float64 and ``logp_t`` (V, T), one
     row per token. The initial state of its search; every later state refers to it."""
 
@@ -68,7 +68,7 @@ class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
     ``batch_score_partial``, ``select_state``); the non-batch methods (``BeamSearch``) are ESPnet's.
 
     A hypothesis' state is (``_Scored`` of the call that scored its parent, the parent's row, its token);
-    the initial one is the utterance's CTC posteriors (``_Utterance``). Nothing is computed or indexed per
+    the initial one is the utterance's CTC posteriors (``_Posteriors``). Nothing is computed or indexed per
     hypothesis; the next ``batch_score_partial`` computes the forward variables of the hypotheses it gets,
     together. The scorer itself keeps nothing of an utterance: searches of several utterances share it
     (``multi_utterance``; one ``batch_score_partial`` call per utterance).
@@ -85,9 +85,9 @@ class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
         """The same CTC module and <eos> as ESPnet's ``scorer``."""
         return cls(scorer.ctc, scorer.eos)
 
-    def batch_init_state(self, x: torch.Tensor) -> _Utterance:
+    def batch_init_state(self, x: torch.Tensor) -> _Posteriors:
         """x: (T, D) encoder output of one utterance -> the initial state: its CTC log-posteriors."""
-        return _Utterance(self.ctc.log_softmax(x.unsqueeze(0)).detach()[0].to(torch.float64))
+        return _Posteriors(self.ctc.log_softmax(x.unsqueeze(0)).detach()[0].to(torch.float64))
 
     def select_state(self, state, i: int, new_id: Optional[int] = None):
         if isinstance(state, _Scored):
@@ -125,7 +125,7 @@ class CTCPrefixScorer(_ESPnetCTCPrefixScorer):
     def _forward(self, state: List[Any], n: int):
         """The hypotheses' utterance, forward variables (2, n, T - off) from frame off, off, their prefix
         scores (n,)."""
-        if isinstance(state[0], _Utterance):  # the initial hypothesis: nothing emitted, blanks only
+        if isinstance(state[0], _Posteriors):  # the initial hypothesis: nothing emitted, blanks only
             utt = state[0]
             logp = utt.logp
             T = logp.shape[0]

@@ -18,19 +18,8 @@ MARKERS = "<!-- step-compare -->", "<!-- /step-compare -->"
 def ssm_step_call(dec, x, ys, perm):
     """Our ``batch_score`` of the last token of ``ys`` (BEAM, L) against memory ``x`` (T, d), as a
     no-argument callable: the (BEAM, d, N) states of an L - 1 token prefix (random contents), rows
-    permuted by ``perm`` as in a search, in the layout the decoder's step leaves them in a search (the
-    compiled step's planar (BEAM, d, 2, N/2); ``_planar``), so that no call converts them."""
-    import torch
-
-    from s4speech.asr.decoder import _planar
-
-    st0 = dec.init_state(x)
-    base = [0.1 * torch.randn(BEAM, x.shape[-1], N_STATE) for _ in range(BLOCKS)]
-    if getattr(dec, "_compiled", None) is not None:
-        base = [_planar(b) for b in base]
-    states = [dict(st0, ssm=base, row=perm[i], pos=ys.shape[1] - 1) for i in range(BEAM)]
-    xs = x.expand(BEAM, *x.shape)
-    return lambda: dec.batch_score(ys, states, xs)
+    permuted by ``perm`` as in a search (``utterances_step_call`` of one utterance)."""
+    return utterances_step_call(dec, [x], ys, perm)
 
 
 def espnet_step_call(dec, x, ys):
@@ -192,14 +181,17 @@ def compare_linears(d: int = 256, vocab: int = 500, reps: int = 60) -> dict:
 
 
 def utterances_step_call(dec, xs, ys, perm):
-    """``ssm_step_call`` for the hypotheses of several utterances at once: BEAM rows per memory in ``xs``
-    (U of them, (T, d) each), all rows' states in one (U * BEAM, d, N) base, rows permuted by ``perm``."""
+    """Our ``batch_score`` of the last token of ``ys`` (U * BEAM, L) for BEAM hypotheses of each of the U
+    utterances ``xs`` ((T, d) each), as a no-argument callable: all rows' states of an L - 1 token prefix
+    (random contents) in one (U * BEAM, d, N) base, rows permuted by ``perm`` as in a search, in the layout
+    the decoder's step leaves them in a search (the compiled step's planar (n, d, 2, N/2); ``_planar``),
+    so that no call converts them."""
     import torch
 
     from s4speech.asr.decoder import _Memory, _planar
 
     n = BEAM * len(xs)
-    mem = _Memory([dec.init_state(x)["kv"].parts[0] for x in xs])
+    mem = _Memory([dec.init_state(x)["kv"].parts[0] for x in xs])  # one utterance: init_state's own memory
     base = [0.1 * torch.randn(n, xs[0].shape[-1], N_STATE) for _ in range(BLOCKS)]
     if getattr(dec, "_compiled", None) is not None:
         base = [_planar(b) for b in base]

@@ -36,15 +36,14 @@ def main(cmd=None):
     args = _espnet.get_parser().parse_args(cmd)
     kwargs = vars(args)
     kwargs.pop("config", None)
+    print(_espnet.get_commandline_args(), file=sys.stderr)
     if kwargs["batch_size"] > 1:
         other = [k for k in ONE_AT_A_TIME if kwargs.get(k)]
         if not other and kwargs.get("transducer_conf") is None:
-            print(_espnet.get_commandline_args(), file=sys.stderr)
             return inference_batched(**kwargs)
         log.warning("--batch_size %d with %s: decoding one utterance at a time", kwargs["batch_size"], other[0]
                     if other else "transducer_conf")
         kwargs["batch_size"] = 1
-    print(_espnet.get_commandline_args(), file=sys.stderr)
     _espnet.inference(**kwargs)
 
 

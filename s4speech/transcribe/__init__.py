@@ -21,8 +21,9 @@ How a recording goes through, in bounded memory whatever its length:
 3. the file is read a second time, cutting the segments out of the stream; they are encoded in
    padded batches of ``batch_size`` and the batch's segments are beam-searched together with the
    rules of ESPnet's ``Speech2Text`` (decoder and CTC prefix scores; ``s4speech.asr.search``: each
-   segment gets the hypotheses it gets alone, the S4 decoder scoring all of theirs in one call). Word times come from a Viterbi CTC alignment of the
-   hypothesis to the segment's encoder output. Only one batch of audio and encoder output is held.
+   segment gets the hypotheses it gets alone, the S4 decoder scoring all of theirs in one call).
+   Word times come from a Viterbi CTC alignment of the hypothesis to the segment's encoder output.
+   Only one batch of audio and encoder output is held.
 
 Outputs (``<out_dir>/<file stem>.<format>``: txt, srt, vtt, json) are written atomically once a
 recording is done, so a failed recording never truncates an earlier output. A bad recording is a

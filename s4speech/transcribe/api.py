@@ -2,8 +2,9 @@
 
 Each recording goes through two passes over the file (``segmentation``): pass 1 checks it and finds its
 segments, pass 2 cuts them out of the stream; they are encoded and beam-searched in batches (the
-hypotheses of a batch's segments scored together, ``s4speech.asr.search``), word times come from a CTC alignment (``alignment``), and the outputs are written atomically once the
-recording is done (``writers``). Only one batch of audio and encoder output is held.
+hypotheses of a batch's segments scored together, ``s4speech.asr.search``), word times come from a CTC
+alignment (``alignment``), and the outputs are written atomically once the recording is done
+(``writers``). Only one batch of audio and encoder output is held.
 """
 from __future__ import annotations
 
